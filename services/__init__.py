@@ -1,0 +1,1 @@
+"""ASX trading services: lightweight asyncio daemons for signals and paper trading."""

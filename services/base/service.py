@@ -1,0 +1,310 @@
+"""BaseService: the lifecycle, RPC endpoint, event bus and built-in methods every service shares.
+
+Subclasses set ``name``, add ``@rpc_method`` methods, and fill in ``_start``/``_stop``;
+``start``/``stop`` belong to the base and are not overridden. Every state change goes through
+``_TRANSITIONS``, is logged, and is published as a ``service_state`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, TypedDict
+
+import psutil
+
+from services.base.clock import Clock, SystemClock, utc_iso
+from services.base.config import Settings
+from services.base.db import Database
+from services.base.errors import OperationalError
+from services.base.events import EventBus, EventType
+from services.base.metrics import Metrics
+from services.base.redis_server import redis_url
+from services.base.rpc import protocol
+from services.base.rpc.methods import MethodTable, rpc_method
+from services.base.rpc.server import PeerUid, RpcServer
+
+log = logging.getLogger("services.service")
+
+Status = Literal["ok", "degraded", "failing"]
+
+
+class ServiceState(StrEnum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+_TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
+    ServiceState.CREATED: frozenset({ServiceState.STARTING}),
+    ServiceState.STARTING: frozenset({ServiceState.RUNNING, ServiceState.FAILED}),
+    ServiceState.RUNNING: frozenset({ServiceState.STOPPING}),
+    ServiceState.STOPPING: frozenset({ServiceState.STOPPED, ServiceState.FAILED}),
+    ServiceState.STOPPED: frozenset(),
+    ServiceState.FAILED: frozenset(),
+}
+
+
+class Check(TypedDict):
+    status: Status
+    detail: str
+
+
+class HealthReport(TypedDict, total=False):
+    service: str
+    status: Status
+    state: str
+    uptime_s: float
+    pid: int
+    memory_rss: int
+    cpu_percent: float
+    checks: dict[str, Check]
+
+
+class BaseService:
+    name: ClassVar[str] = "base"
+    # Services with durable events or tables of their own set this; it opens data/<name>.db.
+    uses_database: ClassVar[bool] = False
+    database_synchronous: ClassVar[Literal["NORMAL", "FULL"]] = "NORMAL"
+    start_timeout_s: ClassVar[float] = 30.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        bus: EventBus | None = None,
+        peer_uid: PeerUid = protocol.peer_uid,
+    ) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.clock: Clock = clock or SystemClock()
+        self.stats = Metrics()
+        self.state = ServiceState.CREATED
+        self.db: Database | None = None
+        self._bus = bus
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shutdown_requested: asyncio.Event | None = None
+        self._started_monotonic = time.monotonic()
+        self._process = psutil.Process(os.getpid())
+        self.rpc = RpcServer(
+            MethodTable.from_object(self),
+            self.home.socket_path(self.name),
+            config=settings.rpc,
+            metrics=self.stats,
+            peer_uid=peer_uid,
+        )
+
+    @property
+    def bus(self) -> EventBus:
+        if self._bus is None:
+            raise RuntimeError(f"{self.name}: the event bus exists only after start()")
+        return self._bus
+
+    # -- lifecycle (owned by the base) ----------------------------------------------------
+
+    async def start(self) -> None:
+        self._set_state(ServiceState.STARTING)
+        self._shutdown_requested = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._start_phases(), self.start_timeout_s)
+        except TimeoutError:
+            await self._fail_start(f"start-up took longer than {self.start_timeout_s:g}s")
+            raise OperationalError(f"{self.name}: start-up took longer than {self.start_timeout_s:g}s") from None
+        except BaseException as exc:
+            await self._fail_start(str(exc) or type(exc).__name__)
+            raise
+        self._set_state(ServiceState.RUNNING)
+
+    async def _start_phases(self) -> None:
+        self.home.create()
+        if self.uses_database:
+            log.info("opening database %s", self.home.database(self.name))
+            self.db = Database(self.home.database(self.name), synchronous=self.database_synchronous)
+        if self._bus is None:
+            self._bus = EventBus(
+                redis_url(self.settings),
+                source=self.name,
+                clock=self.clock,
+                redis_config=self.settings.redis,
+                config=self.settings.events,
+                outbox_db=self.db,
+                metrics=self.stats,
+            )
+        log.info("starting service-specific parts")
+        await self._start()
+        # The event bus never blocks start-up: without Redis the service runs degraded.
+        await self._bus.start()
+        log.info("listening on %s", self.rpc.socket_path)
+        await self.rpc.start()
+
+    async def _fail_start(self, reason: str) -> None:
+        log.error("start-up failed: %s", reason)
+        self._set_state(ServiceState.FAILED, reason=reason)
+        await self._release()
+
+    async def stop(self) -> None:
+        if self.state not in (ServiceState.RUNNING,):
+            return
+        self._set_state(ServiceState.STOPPING)
+        drain = self.settings.rpc.drain_timeout_s
+        try:
+            await self.rpc.close(drain)
+            await asyncio.wait_for(self._stop(), drain)
+        except Exception as exc:
+            log.exception("stop failed")
+            self._set_state(ServiceState.FAILED, reason=str(exc))
+            await self._release()
+            return
+        self._set_state(ServiceState.STOPPED)
+        await self._release()
+
+    async def _release(self) -> None:
+        await self.rpc.close(0)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.rpc.drain_timeout_s)
+        if self._bus is not None:
+            await self._publish_state_now()
+            await self._bus.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    async def _start(self) -> None:
+        """Open what the service needs (clients, caches, subscriptions). Override."""
+
+    async def _stop(self) -> None:
+        """Flush and close what ``_start`` opened. Override."""
+
+    def request_shutdown(self, reason: str = "requested") -> None:
+        """Ask the service to stop; safe to call from a signal handler."""
+        log.info("shutdown requested: %s", reason)
+        if self._shutdown_requested is not None:
+            self._shutdown_requested.set()
+
+    async def wait_for_shutdown(self) -> None:
+        assert self._shutdown_requested is not None, "start() first"
+        await self._shutdown_requested.wait()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run a background task that is tracked, named, cancelled at stop, and logged if it fails."""
+        task = asyncio.create_task(coroutine, name=f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.stats.incr("tasks.failed")
+            log.error("task %s failed", task.get_name(), exc_info=exc)
+
+    def _set_state(self, new: ServiceState, *, reason: str | None = None) -> None:
+        old = self.state
+        if new not in _TRANSITIONS[old]:
+            raise RuntimeError(f"{self.name}: no transition from {old} to {new}")
+        self.state = new
+        log.info("state %s -> %s", old, new, extra={"state": str(new), "previous": str(old), "reason": reason})
+        if self._bus is not None and self._bus.connected and new is not ServiceState.STOPPED:
+            self.spawn(self._publish_state(old, new, reason), name="publish-state")
+
+    async def _publish_state(self, old: ServiceState, new: ServiceState, reason: str | None) -> None:
+        await self.bus.publish(
+            EventType.SERVICE_STATE,
+            {"service": self.name, "state": str(new), "previous": str(old), "reason": reason, "pid": os.getpid()},
+        )
+
+    async def _publish_state_now(self) -> None:
+        if self._bus is not None and self._bus.connected and self.state in (ServiceState.STOPPED, ServiceState.FAILED):
+            await self._publish_state(ServiceState.STOPPING, self.state, None)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health_checks(self) -> dict[str, Check]:
+        """Named checks; subclasses add theirs to ``super().health_checks()``."""
+        checks: dict[str, Check] = {}
+        if self._bus is not None:
+            bus = self._bus
+            checks["redis"] = (
+                {"status": "ok", "detail": "connected"}
+                if bus.connected
+                else {"status": "degraded", "detail": f"unreachable: {bus.last_error or 'not connected yet'}"}
+            )
+        checks["state"] = {
+            "status": "ok" if self.state is ServiceState.RUNNING else "failing",
+            "detail": str(self.state),
+        }
+        return checks
+
+    def health_figures(self) -> dict[str, Any]:
+        """Service-specific figures for ``health`` (e.g. cache_size). Override."""
+        return {}
+
+    # -- built-in RPC methods -------------------------------------------------------------
+
+    @rpc_method(idempotent=True)
+    def health(self) -> dict[str, Any]:
+        """Status (ok, degraded or failing), uptime, process figures and named checks. From memory only."""
+        checks = self.health_checks()
+        statuses = {check["status"] for check in checks.values()}
+        status: Status = "failing" if "failing" in statuses else "degraded" if "degraded" in statuses else "ok"
+        memory = self._process.memory_info()
+        report: dict[str, Any] = {
+            "service": self.name,
+            "status": status,
+            "state": str(self.state),
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            "pid": os.getpid(),
+            "memory_rss": memory.rss,
+            "cpu_percent": self._process.cpu_percent(None),
+            "checks": checks,
+            "time": utc_iso(self.clock.now()),
+        }
+        report.update(self.health_figures())
+        return report
+
+    @rpc_method(idempotent=True)
+    def metrics(self) -> dict[str, Any]:
+        """Per-method calls, errors and latency p50/p99; events in and out; counters; RSS and CPU."""
+        counters = dict(self.stats.counters)
+        cpu = self._process.cpu_times()
+        return {
+            "service": self.name,
+            "methods": self.stats.methods(),
+            "events": {
+                "published": counters.pop("events.published", 0),
+                "received": counters.pop("events.received", 0),
+                "consumed": counters.pop("events.consumed", 0),
+                "dropped": counters.pop("events.dropped", 0),
+                "durable_sent": counters.pop("events.durable_sent", 0),
+            },
+            "counters": counters,
+            "rpc": {"connections": self.rpc.connection_count, "in_flight": self.rpc.in_flight},
+            "memory_rss": self._process.memory_info().rss,
+            "cpu_seconds": round(cpu.user + cpu.system, 3),
+            "cpu_percent": self._process.cpu_percent(None),
+        }
+
+    @rpc_method
+    def shutdown(self) -> dict[str, Any]:
+        """Stop the service gracefully after answering: calls in flight get a bounded drain."""
+        self.request_shutdown("shutdown RPC")
+        return {"service": self.name, "stopping": True}
+
+    @rpc_method(name="rpc.discover", idempotent=True)
+    def discover(self) -> dict[str, Any]:
+        """The callable methods with their parameters, types and documentation."""
+        return {"service": self.name, "methods": [spec.describe() for spec in self.rpc.methods]}

@@ -1,0 +1,101 @@
+"""Shared fixtures: a short temporary TRADING_HOME, a real embedded Redis, service processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.base.config import Settings, TradingHome, load_settings
+from services.base.redis_server import EmbeddedRedis, ping
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_SERVICE = ROOT / "tests" / "sample_service.py"
+
+
+@pytest.fixture
+def home() -> Iterator[TradingHome]:
+    # Unix socket paths are limited to 107 bytes, so keep the directory short.
+    root = Path(tempfile.mkdtemp(prefix="at-", dir="/tmp"))
+    trading_home = TradingHome(root)
+    trading_home.create()
+    yield trading_home
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def redis(home: TradingHome) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(home)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(home: TradingHome, redis: EmbeddedRedis) -> Settings:
+    return load_settings(home, env={"REDIS_URL": redis.url})
+
+
+def service_env(home: TradingHome, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADING")}
+    env.update({"TRADING_HOME": str(home.root), "PYTHONPATH": str(ROOT)}, **extra)
+    return env
+
+
+class ServiceProcess:
+    """A real service process, started like the manager starts one."""
+
+    def __init__(self, home: TradingHome, script: Path = SAMPLE_SERVICE, name: str = "sample", **env: str) -> None:
+        self.home = home
+        self.socket = home.socket_path(name)
+        self.log = home.logs / f"{name}.stderr"
+        with self.log.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(script)], env=service_env(home, **env), stdout=stderr, stderr=stderr, cwd=ROOT
+            )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"service exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            if self.socket.exists():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"service did not open {self.socket} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def sample_service(home: TradingHome, redis: EmbeddedRedis) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(home, REDIS_URL=redis.url)
+    service.wait_ready()
+    yield service
+    service.stop()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+__all__ = ["ServiceProcess", "ping", "service_env", "wait_until"]
