@@ -107,6 +107,8 @@ class RedisConfig:
     url: str = ""
     connect_timeout_s: float = 2.0
     max_backoff_s: float = 5.0
+    # How often a connected service pings Redis, so health notices an outage.
+    ping_interval_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -147,12 +147,18 @@ class EventBus:
         for stream, group, consumer, handler in self._consumers:
             self._spawn(f"consumer:{stream}", self._consume_loop(stream, group, consumer, handler))
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         self._closing = True
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(self._tasks.values())
+        deadline = asyncio.get_running_loop().time() + timeout
+        # A library under a loop can swallow one cancellation, so cancel until they are done;
+        # the loops also check ``_closing`` on every round.
+        while pending and asyncio.get_running_loop().time() < deadline:
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.1)
+        if pending:
+            log.error("event bus tasks did not stop: %s", ", ".join(task.get_name() for task in pending))
         self._tasks.clear()
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -176,7 +182,7 @@ class EventBus:
         """Ping Redis; on (re)connect, check whether it lost its data and wake the relay."""
         assert self._redis is not None
         backoff = RECONNECT_FIRST_S
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._redis.ping(), self.redis_config.connect_timeout_s)
             except (RedisError, OSError, TimeoutError) as exc:
@@ -187,7 +193,7 @@ class EventBus:
             backoff = RECONNECT_FIRST_S
             if not self.connected:
                 await self._on_connected()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.redis_config.ping_interval_s)
 
     async def _on_connected(self) -> None:
         assert self._redis is not None
@@ -256,7 +262,7 @@ class EventBus:
     async def _subscriber_loop(self) -> None:
         assert self._redis is not None
         backoff = RECONNECT_FIRST_S
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self._handlers)
@@ -313,7 +319,7 @@ class EventBus:
     async def _relay_loop(self) -> None:
         assert self._redis is not None and self.outbox_db is not None
         db = self.outbox_db
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox_wakeup.wait(), timeout=5.0)
             self._outbox_wakeup.clear()
@@ -355,7 +361,7 @@ class EventBus:
         backoff = RECONNECT_FIRST_S
         backlog = True  # first re-read what was delivered to us but never acknowledged
         group_ready = False
-        while True:
+        while not self._closing:
             try:
                 if not group_ready:
                     await _ensure_group(redis, stream, group)
