@@ -90,10 +90,16 @@ def run_tests(python: str, pytest_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     if sys.version_info < MIN_PYTHON:
-        sys.exit(f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed, this is {sys.version.split()[0]}")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sys.exit(
+            f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed, this is {sys.version.split()[0]}"
+        )
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--create-dirs", action="store_true", help="create TRADING_HOME and its directories")
-    parser.add_argument("--install-deps", action="store_true", help="install the project and its dependencies")
+    parser.add_argument(
+        "--install-deps", action="store_true", help="install the project and its dependencies"
+    )
     parser.add_argument("--init-db", action="store_true", help="run every registered schema migration")
     parser.add_argument("--test", action="store_true", help="install, then run the whole test suite")
     parser.add_argument("--full", action="store_true", help="install, create directories and databases")

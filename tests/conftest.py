@@ -52,20 +52,28 @@ def service_env(home: TradingHome, **extra: str) -> dict[str, str]:
 class ServiceProcess:
     """A real service process, started like the manager starts one."""
 
-    def __init__(self, home: TradingHome, script: Path = SAMPLE_SERVICE, name: str = "sample", **env: str) -> None:
+    def __init__(
+        self, home: TradingHome, script: Path = SAMPLE_SERVICE, name: str = "sample", **env: str
+    ) -> None:
         self.home = home
         self.socket = home.socket_path(name)
         self.log = home.logs / f"{name}.stderr"
         with self.log.open("ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, str(script)], env=service_env(home, **env), stdout=stderr, stderr=stderr, cwd=ROOT
+                [sys.executable, str(script)],
+                env=service_env(home, **env),
+                stdout=stderr,
+                stderr=stderr,
+                cwd=ROOT,
             )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"service exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+                raise AssertionError(
+                    f"service exited with {self.process.returncode}: {self.log.read_text()[-2000:]}"
+                )
             if self.socket.exists():
                 return
             time.sleep(0.02)

@@ -10,13 +10,13 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.base.db import transaction  # noqa: E402
-from services.base.errors import NotFound, Rejected  # noqa: E402
-from services.base.events import Event  # noqa: E402
-from services.base.outbox import Inbox  # noqa: E402
-from services.base.rpc import rpc_method  # noqa: E402
-from services.base.runner import run_service  # noqa: E402
-from services.base.service import BaseService  # noqa: E402
+from services.base.db import transaction
+from services.base.errors import NotFound, Rejected
+from services.base.events import Event
+from services.base.outbox import Inbox
+from services.base.rpc import rpc_method
+from services.base.runner import run_service
+from services.base.service import BaseService
 
 STREAM = "sample:stream"
 
@@ -71,7 +71,14 @@ class SampleService(BaseService):
         when: datetime | None = None,
         order: Order | None = None,
     ) -> dict[str, Any]:
-        return {"count": count, "ratio": ratio, "symbols": symbols, "mode": mode, "when": when, "order": order}
+        return {
+            "count": count,
+            "ratio": ratio,
+            "symbols": symbols,
+            "mode": mode,
+            "when": when,
+            "order": order,
+        }
 
     @rpc_method
     def fail(self) -> None:
@@ -91,7 +98,9 @@ class SampleService(BaseService):
 
     @rpc_method
     async def emit_durable(self, count: int) -> list[str]:
-        events = [await self.bus.publish_durable("sample_signal", {"n": n}, stream=STREAM) for n in range(count)]
+        events = [
+            await self.bus.publish_durable("sample_signal", {"n": n}, stream=STREAM) for n in range(count)
+        ]
         return [event.id for event in events]
 
     @rpc_method(idempotent=True)

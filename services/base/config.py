@@ -214,7 +214,7 @@ def load_settings(
         cls = _BASE_SECTIONS.get(name) or registry.get(name)
         if cls is None:
             raise ConfigError(f"unknown config section [{name}]")
-        parsed = build_dataclass(cls, section, where=name)
+        parsed: Any = build_dataclass(cls, section, where=name)
         (values if name in _BASE_SECTIONS else extra)[name] = parsed
     for name, cls in registry.items():
         extra.setdefault(name, cls())

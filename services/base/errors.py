@@ -146,7 +146,7 @@ def code_for(exc: BaseException) -> ErrorCode:
     if isinstance(exc, RemoteError):
         return _known_code(exc.code)
     for cls in type(exc).__mro__:
-        code = ERROR_CODES.get(cls)  # type: ignore[call-overload]
+        code = ERROR_CODES.get(cls)
         if code is not None:
             return code
     return ErrorCode.INTERNAL_ERROR

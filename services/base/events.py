@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import orjson
@@ -67,7 +68,14 @@ class Event:
 
     def encode(self) -> bytes:
         return orjson.dumps(
-            {"id": self.id, "type": self.type, "source": self.source, "ts": self.ts, "trace": self.trace, "data": self.data},
+            {
+                "id": self.id,
+                "type": self.type,
+                "source": self.source,
+                "ts": self.ts,
+                "trace": self.trace,
+                "data": self.data,
+            },
             option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
         )
 
@@ -165,8 +173,8 @@ class EventBus:
                 await self._redis.aclose()
         self.connected = False
 
-    def _spawn(self, name: str, coroutine: Awaitable[None]) -> None:
-        task = asyncio.create_task(coroutine, name=f"events:{name}")  # type: ignore[arg-type]
+    def _spawn(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine, name=f"events:{name}")
         self._tasks[name] = task
         task.add_done_callback(_log_task_failure)
 
@@ -205,7 +213,9 @@ class EventBus:
                 since = retention_cutoff(self.clock.now(), self.config.outbox_retention_days)
                 count = await self.outbox_db.run(lambda conn: Outbox.resend_recent(conn, since))
                 if count:
-                    log.warning("Redis restarted (run id changed); re-sending %d recent durable events", count)
+                    log.warning(
+                        "Redis restarted (run id changed); re-sending %d recent durable events", count
+                    )
         self.connected = True
         self.last_error = None
         log.info("connected to Redis")
@@ -275,7 +285,7 @@ class EventBus:
                 self._lost(exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.redis_config.max_backoff_s)
 
@@ -292,7 +302,9 @@ class EventBus:
                 await handler(event)
             except Exception:
                 self.metrics.incr("events.handler_errors")
-                log.exception("handler for %s failed", event.type, extra={"trace": event.trace, "event_id": event.id})
+                log.exception(
+                    "handler for %s failed", event.type, extra={"trace": event.trace, "event_id": event.id}
+                )
 
     # -- durable streams ------------------------------------------------------------------
 
@@ -317,7 +329,8 @@ class EventBus:
         self._outbox_wakeup.set()
 
     async def _relay_loop(self) -> None:
-        assert self._redis is not None and self.outbox_db is not None
+        assert self._redis is not None
+        assert self.outbox_db is not None
         db = self.outbox_db
         while not self._closing:
             with contextlib.suppress(TimeoutError):
@@ -329,13 +342,19 @@ class EventBus:
                 while rows := await db.run(Outbox.unsent):
                     async with self._redis.pipeline(transaction=False) as pipe:
                         for _seq, stream, payload in rows:
-                            pipe.xadd(stream, {"event": payload}, maxlen=self.config.stream_max_len, approximate=True)
+                            pipe.xadd(
+                                stream,
+                                {"event": payload},
+                                maxlen=self.config.stream_max_len,
+                                approximate=True,
+                            )
                         await pipe.execute()
                     now = self.clock.now()
-                    await db.run(lambda conn, rows=rows, now=now: Outbox.mark_sent(conn, [r[0] for r in rows], now))
+                    sent = [seq for seq, _stream, _payload in rows]
+                    await db.run(partial(Outbox.mark_sent, seqs=sent, now=now))
                     self.metrics.incr("events.durable_sent", len(rows))
                 cutoff = retention_cutoff(self.clock.now(), self.config.outbox_retention_days)
-                await db.run(lambda conn: Outbox.purge_sent(conn, cutoff))
+                await db.run(partial(Outbox.purge_sent, before=cutoff))
             except (RedisError, OSError) as exc:
                 self._lost(exc)
 
@@ -373,7 +392,7 @@ class EventBus:
                     count=100,
                     block=None if backlog else self.config.consumer_block_ms,
                 )
-                entries = reply[0][1] if reply else []
+                entries: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1] if reply else []  # type: ignore[index,assignment]
                 if backlog and not entries:
                     backlog = False
                 failed = False
@@ -395,7 +414,9 @@ class EventBus:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.redis_config.max_backoff_s)
 
-    async def _apply(self, stream: str, group: str, entry_id: bytes, fields: dict[bytes, bytes], handler: Handler) -> bool:
+    async def _apply(
+        self, stream: str, group: str, entry_id: bytes, fields: dict[bytes, bytes], handler: Handler
+    ) -> bool:
         assert self._redis is not None
         try:
             event = Event.decode(fields.get(b"event", b""))
@@ -409,7 +430,11 @@ class EventBus:
             await handler(event)
         except Exception:
             self.metrics.incr("events.handler_errors")
-            log.exception("handler for %s failed; it stays pending", event.type, extra={"trace": event.trace, "event_id": event.id})
+            log.exception(
+                "handler for %s failed; it stays pending",
+                event.type,
+                extra={"trace": event.trace, "event_id": event.id},
+            )
             return False
         await self._redis.xack(stream, group, entry_id)
         self.metrics.incr("events.consumed")

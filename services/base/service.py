@@ -117,7 +117,9 @@ class BaseService:
             await asyncio.wait_for(self._start_phases(), self.start_timeout_s)
         except TimeoutError:
             await self._fail_start(f"start-up took longer than {self.start_timeout_s:g}s")
-            raise OperationalError(f"{self.name}: start-up took longer than {self.start_timeout_s:g}s") from None
+            raise OperationalError(
+                f"{self.name}: start-up took longer than {self.start_timeout_s:g}s"
+            ) from None
         except BaseException as exc:
             await self._fail_start(str(exc) or type(exc).__name__)
             raise
@@ -217,18 +219,30 @@ class BaseService:
         if new not in _TRANSITIONS[old]:
             raise RuntimeError(f"{self.name}: no transition from {old} to {new}")
         self.state = new
-        log.info("state %s -> %s", old, new, extra={"state": str(new), "previous": str(old), "reason": reason})
+        log.info(
+            "state %s -> %s", old, new, extra={"state": str(new), "previous": str(old), "reason": reason}
+        )
         if self._bus is not None and self._bus.connected and new is not ServiceState.STOPPED:
             self.spawn(self._publish_state(old, new, reason), name="publish-state")
 
     async def _publish_state(self, old: ServiceState, new: ServiceState, reason: str | None) -> None:
         await self.bus.publish(
             EventType.SERVICE_STATE,
-            {"service": self.name, "state": str(new), "previous": str(old), "reason": reason, "pid": os.getpid()},
+            {
+                "service": self.name,
+                "state": str(new),
+                "previous": str(old),
+                "reason": reason,
+                "pid": os.getpid(),
+            },
         )
 
     async def _publish_state_now(self) -> None:
-        if self._bus is not None and self._bus.connected and self.state in (ServiceState.STOPPED, ServiceState.FAILED):
+        if (
+            self._bus is not None
+            and self._bus.connected
+            and self.state in (ServiceState.STOPPED, ServiceState.FAILED)
+        ):
             await self._publish_state(ServiceState.STOPPING, self.state, None)
 
     # -- health ---------------------------------------------------------------------------
@@ -260,7 +274,9 @@ class BaseService:
         """Status (ok, degraded or failing), uptime, process figures and named checks. From memory only."""
         checks = self.health_checks()
         statuses = {check["status"] for check in checks.values()}
-        status: Status = "failing" if "failing" in statuses else "degraded" if "degraded" in statuses else "ok"
+        status: Status = (
+            "failing" if "failing" in statuses else "degraded" if "degraded" in statuses else "ok"
+        )
         memory = self._process.memory_info()
         report: dict[str, Any] = {
             "service": self.name,

@@ -65,7 +65,9 @@ class Applier:
 @pytest.fixture
 async def buses(home: TradingHome, redis: EmbeddedRedis) -> AsyncIterator[tuple[EventBus, EventBus]]:
     producer_db = Database(home.database("producer"))
-    producer = EventBus(redis.url, source="producer", clock=SystemClock(), redis_config=FAST, outbox_db=producer_db)
+    producer = EventBus(
+        redis.url, source="producer", clock=SystemClock(), redis_config=FAST, outbox_db=producer_db
+    )
     consumer = EventBus(redis.url, source="consumer", clock=SystemClock(), redis_config=FAST)
     yield producer, consumer
     await producer.close()
@@ -106,7 +108,9 @@ async def test_broadcast_carries_the_envelope(buses: tuple[EventBus, EventBus]) 
     assert consumer.metrics.counters["events.received"] >= 1
 
 
-async def test_malformed_broadcast_is_counted_not_fatal(buses: tuple[EventBus, EventBus], redis: EmbeddedRedis) -> None:
+async def test_malformed_broadcast_is_counted_not_fatal(
+    buses: tuple[EventBus, EventBus], redis: EmbeddedRedis
+) -> None:
     _producer, consumer = buses
     good: list[Event] = []
 
@@ -117,7 +121,9 @@ async def test_malformed_broadcast_is_counted_not_fatal(buses: tuple[EventBus, E
     await consumer.start()
     raw = aioredis.Redis.from_url(redis.url)
     try:
-        envelope = Event("x" * 32, "risk_alert", "test", "2026-01-01T00:00:00+00:00", None, {"ok": True}).encode()
+        envelope = Event(
+            "x" * 32, "risk_alert", "test", "2026-01-01T00:00:00+00:00", None, {"ok": True}
+        ).encode()
 
         async def delivered() -> bool:
             await raw.publish(CHANNEL_PREFIX + "risk_alert", b"{not json")
@@ -206,7 +212,9 @@ async def test_malformed_stream_entry_goes_to_dead_letter(
     raw = aioredis.Redis.from_url(redis.url)
     try:
         await raw.xadd(STREAM, {"event": b"garbage"})
-        good = Event(new_event_id(SystemClock()), "trade_signal", "test", "2026-01-01T00:00:00+00:00", None, {})
+        good = Event(
+            new_event_id(SystemClock()), "trade_signal", "test", "2026-01-01T00:00:00+00:00", None, {}
+        )
         await raw.xadd(STREAM, {"event": good.encode()})
         consumer.consume(STREAM, "paper", "paper-1", applier)
         await consumer.start()
@@ -250,7 +258,9 @@ async def test_outage_keeps_durable_events_and_restart_loses_none(
 
         redis.kill()
         await eventually(lambda: not producer.connected and not consumer.connected)
-        during = [await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(10, 20)]
+        during = [
+            await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(10, 20)
+        ]
         assert await producer.outbox_pending() == 10
         assert await producer.publish("prediction_generated", {"lost": True}) is None
 

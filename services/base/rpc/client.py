@@ -237,7 +237,9 @@ class RpcClient:
             return protocol
         reason = last_error.strerror if last_error is not None else "timed out"
         raise DependencyUnavailable(
-            f"cannot connect to {self.socket_path} for {method}: {reason}", socket=self.socket_path, method=method
+            f"cannot connect to {self.socket_path} for {method}: {reason}",
+            socket=self.socket_path,
+            method=method,
         )
 
 

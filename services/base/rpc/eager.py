@@ -9,21 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class Pending:
+class Pending(Generic[T]):
     """A coroutine that suspended on its first step; ``task`` finishes it."""
 
     __slots__ = ("task",)
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[T]) -> None:
         self.task = task
 
 
-def start_eagerly(coroutine: Coroutine[Any, Any, T]) -> T | Pending:
+def start_eagerly(coroutine: Coroutine[Any, Any, T]) -> T | Pending[T]:
     """Run ``coroutine`` in a fresh context; its result, or ``Pending`` with the task that goes on."""
     context = contextvars.copy_context()
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from services.base.rpc.params import ParamValidator
 
@@ -24,7 +24,15 @@ class RpcMark:
     idempotent: bool
 
 
-def rpc_method(func: F | None = None, *, name: str | None = None, idempotent: bool = False) -> Any:
+@overload
+def rpc_method(func: F, *, name: str | None = None, idempotent: bool = False) -> F: ...
+@overload
+def rpc_method(
+    func: None = None, *, name: str | None = None, idempotent: bool = False
+) -> Callable[[F], F]: ...
+def rpc_method(
+    func: F | None = None, *, name: str | None = None, idempotent: bool = False
+) -> F | Callable[[F], F]:
     """Expose a service method over RPC: ``@rpc_method`` or ``@rpc_method(idempotent=True)``."""
 
     def mark(target: F) -> F:

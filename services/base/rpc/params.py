@@ -89,7 +89,9 @@ def _describe_default(value: Any) -> Any:
 
 
 def _fail(field: str, expected: str, value: Any) -> typing.NoReturn:
-    raise InvalidParams(f"{field}: expected {expected}, got {_json_type(value)}", field=field, expected=expected)
+    raise InvalidParams(
+        f"{field}: expected {expected}, got {_json_type(value)}", field=field, expected=expected
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -165,7 +167,7 @@ def _exact(cls: type, expected: str) -> Checker:
 def _check_int(value: Any, field: str) -> int:
     if type(value) is not int:
         _fail(field, "integer", value)
-    return typing.cast(int, value)
+    return value
 
 
 def _check_float(value: Any, field: str) -> float:
@@ -200,12 +202,13 @@ def _check_date(value: Any, field: str) -> date:
 
 
 def _check_enum(cls: type[enum.Enum]) -> Checker:
-    values = {member.value: member for member in cls}
-    expected = "one of " + ", ".join(repr(v) for v in values)
+    # Keyed by type too, as for Literal: true must not pass for 1, nor 1.0 for 1.
+    values = {(type(member.value), member.value): member for member in cls}
+    expected = "one of " + ", ".join(repr(member.value) for member in cls)
 
     def check(value: Any, field: str) -> Any:
         try:
-            return values[value]
+            return values[(type(value), value)]
         except (KeyError, TypeError):
             _fail(field, expected, value)
 
@@ -222,7 +225,9 @@ def _check_literal(choices: tuple[Any, ...]) -> Checker:
                 return value
         except TypeError:  # unhashable
             pass
-        raise InvalidParams(f"{field}: expected {expected}, got {value!r}"[:300], field=field, expected=expected)
+        raise InvalidParams(
+            f"{field}: expected {expected}, got {value!r}"[:300], field=field, expected=expected
+        )
 
     return check
 

@@ -17,9 +17,10 @@ import os
 import socket
 import stat
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -42,10 +43,22 @@ log = logging.getLogger("services.rpc")
 
 _REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id", "trace"})
 _PARSE_ERROR = encode(failure(None, ErrorCode.PARSE_ERROR, "parse error: not valid JSON"))
-_NOT_AN_OBJECT = encode(failure(None, ErrorCode.INVALID_REQUEST, "invalid request: expected an object or array"))
+_NOT_AN_OBJECT = encode(
+    failure(None, ErrorCode.INVALID_REQUEST, "invalid request: expected an object or array")
+)
 _EMPTY_BATCH = encode(failure(None, ErrorCode.INVALID_REQUEST, "invalid request: empty batch"))
 
 PeerUid = Callable[[Any], "int | None"]
+
+
+class Call(NamedTuple):
+    """A request that passed every check and is ready to run."""
+
+    spec: MethodSpec
+    kwargs: dict[str, Any]
+    request_id: RequestId
+    is_notification: bool
+    trace: str | None
 
 
 class RpcServer:
@@ -112,7 +125,7 @@ class RpcServer:
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def prepare(self, message: Any) -> tuple[MethodSpec, dict[str, Any], RequestId, bool, str | None] | bytes | None:
+    def prepare(self, message: Any) -> Call | bytes | None:
         """Check one request object. Returns what to run, or the encoded error, or None (ignore)."""
         if type(message) is not dict:
             self.metrics.incr("rpc.invalid_request")
@@ -135,13 +148,17 @@ class RpcServer:
             problem = f"invalid request: unknown member(s) {', '.join(extra)}"
         if problem is not None:
             self.metrics.incr("rpc.invalid_request")
-            return encode(failure(request_id if valid_id(request_id) else None, ErrorCode.INVALID_REQUEST, problem))
-        spec = self.methods.get(method)
+            return encode(
+                failure(request_id if valid_id(request_id) else None, ErrorCode.INVALID_REQUEST, problem)
+            )
+        spec = self.methods.get(typing.cast(str, method))
         if spec is None:
             self.metrics.incr("rpc.method_not_found")
             if is_notification:
                 return None
-            return encode(failure(request_id, ErrorCode.METHOD_NOT_FOUND, f"method not found: {method}"[:300]))
+            return encode(
+                failure(request_id, ErrorCode.METHOD_NOT_FOUND, f"method not found: {method}"[:300])
+            )
         try:
             kwargs = spec.validate(message.get("params"))
         except InvalidParams as exc:
@@ -149,9 +166,11 @@ class RpcServer:
             if is_notification:
                 return None
             return encode(failure(request_id, ErrorCode.INVALID_PARAMS, exc.message[:500], exc.data))
-        return spec, kwargs, request_id, is_notification, trace
+        return Call(spec, kwargs, request_id, is_notification, trace)
 
-    def call_sync(self, spec: MethodSpec, kwargs: dict[str, Any], request_id: RequestId, trace: str | None) -> bytes:
+    def call_sync(
+        self, spec: MethodSpec, kwargs: dict[str, Any], request_id: RequestId, trace: str | None
+    ) -> bytes:
         token = trace_var.set(trace)
         started = time.perf_counter()
         try:
@@ -183,7 +202,9 @@ class RpcServer:
         self.metrics.record_call(spec.name, time.perf_counter() - started, ok=True)
         return answer
 
-    def _error_answer(self, spec: MethodSpec, request_id: RequestId, trace: str | None, exc: Exception) -> bytes:
+    def _error_answer(
+        self, spec: MethodSpec, request_id: RequestId, trace: str | None, exc: Exception
+    ) -> bytes:
         if isinstance(exc, TradingError) and code_for(exc) != ErrorCode.INTERNAL_ERROR:
             return encode(failure(request_id, code_for(exc), exc.message, exc.data or None))
         trace = trace or os.urandom(8).hex()
@@ -219,7 +240,7 @@ class _Connection(asyncio.Protocol):
             log.warning("refused a connection from uid %s", uid)
             self.server.metrics.incr("rpc.unauthorized")
             self.closing = True
-            transport.write(protocol.UNAUTHORIZED)
+            self._write(protocol.UNAUTHORIZED)
             transport.close()
             return
         self.server._connections.add(self)
@@ -234,9 +255,7 @@ class _Connection(asyncio.Protocol):
         # (no newline) is not a request and is dropped.
         self.eof = True
         self.buffer.clear()
-        if not self.in_flight:
-            return False
-        return True
+        return bool(self.in_flight)  # True keeps the transport open for the answers
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -258,8 +277,14 @@ class _Connection(asyncio.Protocol):
                 self._handle_line(data)
             return
         buffer += data
+        self._handle_buffered()
+
+    def _handle_buffered(self) -> None:
+        # Stops as soon as reading is paused: the lines left in the buffer wait for resume, so a
+        # chunk holding many requests cannot put more than max_in_flight calls in flight.
+        buffer = self.buffer
         start = 0
-        while not self.closing:
+        while not self.closing and not self.reading_paused:
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
@@ -269,7 +294,7 @@ class _Connection(asyncio.Protocol):
             self._handle_line(bytes(buffer[start:end]))
             start = end + 1
         del buffer[:start]
-        if len(buffer) > self.limit:
+        if len(buffer) > self.limit and buffer.find(b"\n", 0, self.limit + 1) < 0:
             self._too_large()
 
     # -- requests ----------------------------------------------------------------------
@@ -288,20 +313,20 @@ class _Connection(asyncio.Protocol):
         prepared = self.server.prepare(message)
         if prepared is None:
             return
-        if type(prepared) is bytes:
+        if isinstance(prepared, bytes):
             self._write(prepared)
             return
-        spec, kwargs, request_id, is_notification, trace = prepared  # type: ignore[misc]
-        if not spec.is_async:
-            answer = self.server.call_sync(spec, kwargs, request_id, trace)
-            if not is_notification:
-                self._write(answer)
-            return
-        outcome = start_eagerly(self.server.call_async(spec, kwargs, request_id, trace))
-        if isinstance(outcome, Pending):
-            self._track(self._answer_later(outcome.task, is_notification))
-        elif not is_notification:
-            self._write(outcome)
+        answer = self._run(prepared)
+        if isinstance(answer, Pending):
+            self._track(self._answer_later(answer.task, prepared.is_notification))
+        elif not prepared.is_notification:
+            self._write(answer)
+
+    def _run(self, call: Call) -> bytes | Pending[bytes]:
+        """The encoded answer, or ``Pending`` when an async method suspended."""
+        if not call.spec.is_async:
+            return self.server.call_sync(call.spec, call.kwargs, call.request_id, call.trace)
+        return start_eagerly(self.server.call_async(call.spec, call.kwargs, call.request_id, call.trace))
 
     async def _answer_later(self, call: asyncio.Task[bytes], is_notification: bool) -> None:
         answer = await call
@@ -316,7 +341,9 @@ class _Connection(asyncio.Protocol):
         limit = self.server.config.max_batch_size
         if len(batch) > limit:
             self.server.metrics.incr("rpc.invalid_request")
-            self._write(encode(failure(None, ErrorCode.INVALID_REQUEST, f"batch too large: {len(batch)} > {limit}")))
+            self._write(
+                encode(failure(None, ErrorCode.INVALID_REQUEST, f"batch too large: {len(batch)} > {limit}"))
+            )
             return
         answers: list[bytes] = []
         later: list[tuple[asyncio.Task[bytes], bool]] = []
@@ -324,26 +351,22 @@ class _Connection(asyncio.Protocol):
             prepared = self.server.prepare(message)
             if prepared is None:
                 continue
-            if type(prepared) is bytes:
+            if isinstance(prepared, bytes):
                 answers.append(prepared)
                 continue
-            spec, kwargs, request_id, is_notification, trace = prepared  # type: ignore[misc]
-            if spec.is_async:
-                outcome = start_eagerly(self.server.call_async(spec, kwargs, request_id, trace))
-                if isinstance(outcome, Pending):
-                    later.append((outcome.task, is_notification))
-                    continue
-                answer = outcome
-            else:
-                answer = self.server.call_sync(spec, kwargs, request_id, trace)
-            if not is_notification:
+            answer = self._run(prepared)
+            if isinstance(answer, Pending):
+                later.append((answer.task, prepared.is_notification))
+            elif not prepared.is_notification:
                 answers.append(answer)
         if later:
             self._track(self._finish_batch(answers, later))
         elif answers:
             self._write(_join_batch(answers))
 
-    async def _finish_batch(self, answers: list[bytes], later: list[tuple[asyncio.Task[bytes], bool]]) -> None:
+    async def _finish_batch(
+        self, answers: list[bytes], later: list[tuple[asyncio.Task[bytes], bool]]
+    ) -> None:
         for call, is_notification in later:
             answer = await call
             if not is_notification:
@@ -379,6 +402,8 @@ class _Connection(asyncio.Protocol):
         elif not should_pause and self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
+            if self.buffer:
+                self._handle_buffered()  # lines that arrived before the pause
 
     def _write(self, payload: bytes) -> None:
         transport = self.transport
