@@ -60,7 +60,8 @@ class ParamValidator:
             )
         self.params: tuple[ParamSpec, ...] = tuple(specs)
         self._by_name = {spec.name: spec for spec in specs}
-        self._required = frozenset(spec.name for spec in specs if spec.required)
+        self._required_in_order = tuple(spec.name for spec in specs if spec.required)
+        self._required = frozenset(self._required_in_order)
 
     def __call__(self, params: Any) -> dict[str, Any]:
         if params is None:
@@ -72,7 +73,7 @@ class ParamValidator:
             unknown = next(name for name in params if name not in by_name)
             raise InvalidParams(f"unknown parameter {unknown!r}"[:200], field=unknown)
         if not self._required <= params.keys():
-            missing = next(name for name in self._required if name not in params)
+            missing = next(name for name in self._required_in_order if name not in params)
             raise InvalidParams(f"missing required parameter {missing!r}", field=missing)
         return {name: by_name[name].check(value, name) for name, value in params.items()}
 
