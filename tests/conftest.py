@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -97,13 +98,16 @@ def sample_service(home: TradingHome, redis: EmbeddedRedis) -> Iterator[ServiceP
     service.stop()
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait for a condition that I/O will bring about (it polls; no test asserts on how long)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        outcome = predicate()
+        if outcome if isinstance(outcome, bool) else await outcome:
             return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
-__all__ = ["ServiceProcess", "ping", "service_env", "wait_until"]
+__all__ = ["ServiceProcess", "eventually", "ping", "service_env"]

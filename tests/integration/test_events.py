@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -17,20 +17,10 @@ from services.base.events import CHANNEL_PREFIX, Event, EventBus, new_event_id
 from services.base.logs import trace_var
 from services.base.outbox import Inbox, Outbox
 from services.base.redis_server import EmbeddedRedis
+from tests.conftest import eventually
 
 FAST = RedisConfig(connect_timeout_s=0.5, max_backoff_s=0.2, ping_interval_s=0.05)
 STREAM = "test:signals"
-
-
-async def eventually(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait for I/O-driven state to settle (polls; asserts nothing about how long it took)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        outcome = predicate()
-        if outcome if isinstance(outcome, bool) else await outcome:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 class Applier:

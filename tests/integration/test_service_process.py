@@ -16,18 +16,9 @@ from services.base.config import TradingHome
 from services.base.errors import InternalError, Rejected
 from services.base.redis_server import EmbeddedRedis
 from services.base.rpc import RpcClient
-from tests.conftest import SAMPLE_SERVICE, ServiceProcess, service_env
+from tests.conftest import SAMPLE_SERVICE, ServiceProcess, eventually, service_env
 
 FAST_REDIS = {"TRADING__REDIS__PING_INTERVAL_S": "0.05", "TRADING__REDIS__MAX_BACKOFF_S": "0.2"}
-
-
-async def eventually_async(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_builtin_methods(sample_service: ServiceProcess) -> None:
@@ -37,7 +28,7 @@ async def test_builtin_methods(sample_service: ServiceProcess) -> None:
         async def healthy() -> bool:
             return (await client.call("health"))["status"] == "ok"
 
-        await eventually_async(healthy)
+        await eventually(healthy)
         health = await client.call("health")
         assert health["service"] == "sample"
         assert health["pid"] == sample_service.process.pid
@@ -91,7 +82,7 @@ async def test_internal_error_is_logged_under_the_callers_trace(
 async def test_sigterm_drains_calls_in_flight(sample_service: ServiceProcess) -> None:
     async with RpcClient(sample_service.socket) as client:
         slow = asyncio.create_task(client.call("sleep", {"seconds": 0.5}))
-        await eventually_async(_in_flight(client))
+        await eventually(_in_flight(client))
         sample_service.process.send_signal(signal.SIGTERM)
         assert await slow == 0.5
     assert await asyncio.to_thread(sample_service.process.wait, 10) == 0
@@ -174,9 +165,9 @@ async def test_redis_outage_degrades_and_recovers_without_losing_durable_events(
             async def status_is(expected: str) -> bool:
                 return (await client.call("health"))["status"] == expected
 
-            await eventually_async(lambda: status_is("ok"))
+            await eventually(lambda: status_is("ok"))
             redis.kill()
-            await eventually_async(lambda: status_is("degraded"))
+            await eventually(lambda: status_is("degraded"))
             health = await client.call("health")
             assert health["checks"]["redis"]["status"] == "degraded"
             # RPC is unaffected, and durable events wait in the outbox.
@@ -186,19 +177,19 @@ async def test_redis_outage_degrades_and_recovers_without_losing_durable_events(
             assert await client.call("emit", {"data": {"phase": "outage"}}) is False
 
             redis.start()
-            await eventually_async(lambda: status_is("ok"))
+            await eventually(lambda: status_is("ok"))
 
             async def all_applied() -> bool:
                 return sorted(during) == await client.call("applied")
 
-            await eventually_async(all_applied)
+            await eventually(all_applied)
             assert await client.call("outbox_pending") == 0
 
             async def broadcast_received_again() -> bool:
                 await client.call("emit", {"data": {"phase": "after"}})
                 return {"phase": "after"} in await client.call("broadcasts_received")
 
-            await eventually_async(broadcast_received_again)
+            await eventually(broadcast_received_again)
         assert service.process.poll() is None
     finally:
         service.stop()

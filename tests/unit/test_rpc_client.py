@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from services.base.errors import (
 )
 from services.base.logs import trace_var
 from services.base.rpc import MethodTable, RpcClient, RpcServer, rpc_method
+from tests.conftest import eventually
 
 
 class Target:
@@ -72,15 +73,6 @@ class Target:
     @rpc_method
     def crash(self) -> None:
         raise RuntimeError("a bug")
-
-
-async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for a condition the event loop will bring about (not for a timer)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -179,7 +171,7 @@ async def test_concurrent_calls_share_one_connection(
     client: RpcClient, server: RpcServer, target: Target
 ) -> None:
     calls = [asyncio.create_task(client.call("wait_gate", {"tag": f"t{n}"})) for n in range(50)]
-    await until(lambda: target.blocked == 50)
+    await eventually(lambda: target.blocked == 50)
     assert server.connection_count == 1
     assert server.in_flight == 50
     assert await client.call("open_gate") is True
@@ -199,7 +191,7 @@ async def test_timeout_raises_and_the_client_stays_usable(
     assert await client.call("add", {"a": 2, "b": 2}) == 4
     # The late answer to the timed-out call arrives now; it must not be taken for another's.
     assert await client.call("open_gate") is True
-    await until(lambda: server.in_flight == 0)
+    await eventually(lambda: server.in_flight == 0)
     assert await client.call("add", {"a": 3, "b": 3}) == 6
     assert server.connection_count == 1
     assert client.reconnects == 0
@@ -229,7 +221,7 @@ async def test_connect_retries_until_the_server_appears(
         socket_path, timeout=10.0, connect_attempts=100, first_backoff=0.01, max_backoff=0.05
     ) as client:
         call = asyncio.create_task(client.call("add", {"a": 1, "b": 2}))
-        await until(lambda: any("attempts left" in record.getMessage() for record in caplog.records))
+        await eventually(lambda: any("attempts left" in record.getMessage() for record in caplog.records))
         assert not call.done()
         server = RpcServer(MethodTable.from_object(target), socket_path)
         await server.start()
@@ -245,7 +237,7 @@ async def test_reconnects_after_the_server_restarts(target: Target, socket_path:
     async with RpcClient(socket_path, timeout=5.0) as client:
         assert await client.call("note", {"text": "one"}) == 1
         await first.close(0)
-        await until(lambda: not client.connected)
+        await eventually(lambda: not client.connected)
         with pytest.raises(DependencyUnavailable):
             await client.call("note", {"text": "nobody listening"}, timeout=0.5)
         second = RpcServer(MethodTable.from_object(target), socket_path)

@@ -21,6 +21,7 @@ from services.base.config import RpcConfig, TradingHome
 from services.base.errors import Rejected
 from services.base.rpc import MethodTable, RpcServer, rpc_method
 from services.base.runner import raise_open_file_limit
+from tests.conftest import eventually
 
 READ_TIMEOUT = 10.0
 
@@ -195,15 +196,6 @@ def assert_error(answer: Any, code: int, request_id: Any) -> dict[str, Any]:
     assert type(error["message"]) is str
     assert error["message"]
     return error  # type: ignore[no-any-return]
-
-
-async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for a condition the event loop will bring about (not for a timer)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 # -- single requests ----------------------------------------------------------------------
@@ -414,7 +406,7 @@ async def test_requests_in_flight_are_answered_out_of_order(
     server = await make_server()
     peer = await Peer.connect(server.socket_path)
     await peer.send_json(*(request("wait_gate", {"tag": f"t{n}"}, request_id=n) for n in range(10)))
-    await until(lambda: target.blocked == 10)
+    await eventually(lambda: target.blocked == 10)
     assert server.in_flight == 10
     await peer.send_json(request("open_gate", request_id="fast"))
     first = await peer.recv()
@@ -423,7 +415,7 @@ async def test_requests_in_flight_are_answered_out_of_order(
     assert sorted(answer["id"] for answer in rest) == list(range(10))
     for answer in rest:
         assert answer["result"] == f"t{answer['id']}"
-    await until(lambda: server.in_flight == 0)
+    await eventually(lambda: server.in_flight == 0)
     await peer.close()
 
 
@@ -445,7 +437,7 @@ async def test_backpressure_bounds_calls_in_flight(make_server: ServerFactory, t
         count = 300
         # One write: the server receives all of these requests in a single chunk.
         await peer.send_json(*(request("wait_gate", {"tag": str(n)}, request_id=n) for n in range(count)))
-        await until(lambda: target.blocked >= limit)
+        await eventually(lambda: target.blocked >= limit)
         for _ in range(20):  # let the loop run: nothing more may start
             await asyncio.sleep(0)
         assert server.in_flight <= limit + 1, server.in_flight
@@ -475,7 +467,7 @@ async def test_line_over_the_limit_is_refused_and_the_connection_closed(
         assert await peer.read_to_eof() == b""
     finally:
         await peer.close()
-    await until(lambda: server.connection_count == 0)
+    await eventually(lambda: server.connection_count == 0)
     other = await Peer.connect(server.socket_path)
     try:
         assert (await other.call("add", {"a": 2, "b": 3}))["result"] == 5
@@ -496,7 +488,7 @@ async def test_unterminated_data_over_the_limit_is_refused(
         assert await peer.read_to_eof() == b""
     finally:
         await peer.close()
-    await until(lambda: server.connection_count == 0)
+    await eventually(lambda: server.connection_count == 0)
 
 
 async def test_half_written_line_then_disconnect(make_server: ServerFactory, target: Target) -> None:
@@ -506,12 +498,12 @@ async def test_half_written_line_then_disconnect(make_server: ServerFactory, tar
     try:
         peer.writer.write(b'{"jsonrpc":"2.0","method":"add","params":{"a":1,')
         await peer.writer.drain()
-        await until(lambda: server.connection_count == 2)
+        await eventually(lambda: server.connection_count == 2)
         await peer.close()
         assert (await other.call("add", {"a": 1, "b": 2}))["result"] == 3
     finally:
         await other.close()
-    await until(lambda: server.connection_count == 0)
+    await eventually(lambda: server.connection_count == 0)
 
 
 async def test_half_close_still_gets_every_answer(make_server: ServerFactory, target: Target) -> None:
@@ -538,7 +530,7 @@ async def test_half_close_still_gets_every_answer(make_server: ServerFactory, ta
     assert singles == {1: "slow", 2: 2}
     (batch,) = [answer for answer in answers if type(answer) is list]
     assert {item["id"]: item["result"] for item in batch} == {3: "b", 4: 3}
-    await until(lambda: server.connection_count == 0)
+    await eventually(lambda: server.connection_count == 0)
 
 
 async def test_half_close_with_nothing_in_flight_closes(server: RpcServer) -> None:
@@ -550,7 +542,7 @@ async def test_half_close_with_nothing_in_flight_closes(server: RpcServer) -> No
     finally:
         await peer.close()
     assert orjson.loads(data) == {"jsonrpc": "2.0", "id": 1, "result": 2}
-    await until(lambda: server.connection_count == 0)
+    await eventually(lambda: server.connection_count == 0)
 
 
 # -- errors raised by methods ---------------------------------------------------------------
@@ -653,7 +645,7 @@ async def test_a_thousand_concurrent_connections(make_server: ServerFactory, tar
     count = 1000
     peers = await _connect_many(server.socket_path, count)
     try:
-        await until(lambda: server.connection_count == count)
+        await eventually(lambda: server.connection_count == count)
 
         async def one(n: int, peer: Peer) -> None:
             answer = await peer.call("add", {"a": n, "b": 1}, request_id=f"c{n}")
@@ -663,7 +655,7 @@ async def test_a_thousand_concurrent_connections(make_server: ServerFactory, tar
         assert server.connection_count == count
     finally:
         await asyncio.gather(*(peer.close() for peer in peers))
-    await until(lambda: server.connection_count == 0)
+    await eventually(lambda: server.connection_count == 0)
 
 
 async def test_garbage_connections_do_not_leak(make_server: ServerFactory) -> None:
@@ -688,8 +680,8 @@ async def test_garbage_connections_do_not_leak(make_server: ServerFactory) -> No
     async def round_of(count: int) -> None:
         for start in range(0, count, 250):
             await asyncio.gather(*(one(n) for n in range(start, start + 250)))
-        await until(lambda: server.connection_count == 0)
-        await until(lambda: server.in_flight == 0)
+        await eventually(lambda: server.connection_count == 0)
+        await eventually(lambda: server.in_flight == 0)
 
     process = psutil.Process()
     await round_of(1000)  # warm up allocator pools and caches
