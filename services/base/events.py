@@ -159,8 +159,9 @@ class EventBus:
         self._closing = True
         pending = set(self._tasks.values())
         deadline = asyncio.get_running_loop().time() + timeout
-        # A library under a loop can swallow one cancellation, so cancel until they are done;
-        # the loops also check ``_closing`` on every round.
+        # On Python 3.11, asyncio.wait_for loses a cancellation that arrives just as its inner
+        # awaitable finishes (fixed in 3.12), so cancel until the tasks are done; the loops also
+        # check ``_closing`` on every round.
         while pending and asyncio.get_running_loop().time() < deadline:
             for task in pending:
                 task.cancel()
