@@ -149,6 +149,8 @@ class EventBus:
         if self.outbox_db is not None:
             await self.outbox_db.run(Outbox.create_tables)
             self._spawn("relay", self._relay_loop())
+        # One probe now, so a reachable Redis is connected when start returns.
+        await self._probe()
         self._spawn("watch", self._watch_loop())
         if self._handlers:
             self._spawn("subscriber", self._subscriber_loop())
@@ -188,21 +190,27 @@ class EventBus:
         self.last_error = str(exc) or type(exc).__name__
 
     async def _watch_loop(self) -> None:
-        """Ping Redis; on (re)connect, check whether it lost its data and wake the relay."""
-        assert self._redis is not None
+        """Probe Redis every ``ping_interval_s``, backing off while it is unreachable."""
         backoff = RECONNECT_FIRST_S
         while not self._closing:
-            try:
-                await asyncio.wait_for(self._redis.ping(), self.redis_config.connect_timeout_s)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._lost(exc)
+            if await self._probe():
+                backoff = RECONNECT_FIRST_S
+                await asyncio.sleep(self.redis_config.ping_interval_s)
+            else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.redis_config.max_backoff_s)
-                continue
-            backoff = RECONNECT_FIRST_S
+
+    async def _probe(self) -> bool:
+        """Ping Redis; on (re)connect, check whether it lost its data and wake the relay."""
+        assert self._redis is not None
+        try:
+            await asyncio.wait_for(self._redis.ping(), self.redis_config.connect_timeout_s)
             if not self.connected:
                 await self._on_connected()
-            await asyncio.sleep(self.redis_config.ping_interval_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+            return False
+        return True
 
     async def _on_connected(self) -> None:
         assert self._redis is not None

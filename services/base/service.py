@@ -91,6 +91,9 @@ class BaseService:
         self.db: Database | None = None
         self._bus = bus
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The latest state-event publish. Kept apart from _tasks: stopping cancels those but
+        # waits for this one, and each publish waits for the one before, so events stay in order.
+        self._state_event: asyncio.Task[None] | None = None
         self._shutdown_requested: asyncio.Event | None = None
         self._started_monotonic = time.monotonic()
         self._process = psutil.Process(os.getpid())
@@ -153,7 +156,7 @@ class BaseService:
         await self._release()
 
     async def stop(self) -> None:
-        if self.state not in (ServiceState.RUNNING,):
+        if self.state is not ServiceState.RUNNING:
             return
         self._set_state(ServiceState.STOPPING)
         drain = self.settings.rpc.drain_timeout_s
@@ -175,8 +178,9 @@ class BaseService:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.rpc.drain_timeout_s)
+        if self._state_event is not None:  # publish() never raises; it gives up when Redis is away
+            await asyncio.wait([self._state_event], timeout=self.settings.redis.connect_timeout_s)
         if self._bus is not None:
-            await self._publish_state_now()
             await self._bus.close()
         if self.db is not None:
             self.db.close()
@@ -222,10 +226,16 @@ class BaseService:
         log.info(
             "state %s -> %s", old, new, extra={"state": str(new), "previous": str(old), "reason": reason}
         )
-        if self._bus is not None and self._bus.connected and new is not ServiceState.STOPPED:
-            self.spawn(self._publish_state(old, new, reason), name="publish-state")
+        if self._bus is not None and self._bus.connected:
+            self._state_event = asyncio.create_task(
+                self._publish_state(self._state_event, old, new, reason), name=f"{self.name}:state"
+            )
 
-    async def _publish_state(self, old: ServiceState, new: ServiceState, reason: str | None) -> None:
+    async def _publish_state(
+        self, before: asyncio.Task[None] | None, old: ServiceState, new: ServiceState, reason: str | None
+    ) -> None:
+        if before is not None:
+            await asyncio.wait([before])
         await self.bus.publish(
             EventType.SERVICE_STATE,
             {
@@ -236,14 +246,6 @@ class BaseService:
                 "pid": os.getpid(),
             },
         )
-
-    async def _publish_state_now(self) -> None:
-        if (
-            self._bus is not None
-            and self._bus.connected
-            and self.state in (ServiceState.STOPPED, ServiceState.FAILED)
-        ):
-            await self._publish_state(ServiceState.STOPPING, self.state, None)
 
     # -- health ---------------------------------------------------------------------------
 

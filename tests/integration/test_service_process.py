@@ -11,9 +11,11 @@ import sys
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from services.base.config import TradingHome
 from services.base.errors import InternalError, Rejected
+from services.base.events import Event
 from services.base.redis_server import EmbeddedRedis
 from services.base.rpc import RpcClient
 from tests.conftest import SAMPLE_SERVICE, ServiceProcess, eventually, service_env
@@ -206,3 +208,32 @@ def test_service_needs_no_heavy_libraries(home: TradingHome) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=os.getcwd()
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_state_changes_are_published(home: TradingHome, redis: EmbeddedRedis) -> None:
+    raw = aioredis.Redis.from_url(redis.url)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("trading.service_state")  # returns once Redis confirmed it
+    service = ServiceProcess(home, REDIS_URL=redis.url)
+    try:
+        service.wait_ready()
+        async with RpcClient(service.socket) as client:
+            await client.call("shutdown")
+        assert await asyncio.to_thread(service.process.wait, 10) == 0
+        transitions = []
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while len(transitions) < 3:
+            assert asyncio.get_running_loop().time() < deadline, f"only saw {transitions}"
+            # None also stands for the subscribe confirmation that is skipped.
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            event = Event.decode(message["data"])
+            assert event.source == "sample"
+            assert event.data["pid"] == service.process.pid
+            transitions.append((event.data["previous"], event.data["state"]))
+    finally:
+        service.stop()
+        await pubsub.aclose()
+        await raw.aclose()
+    assert transitions == [("starting", "running"), ("running", "stopping"), ("stopping", "stopped")]
