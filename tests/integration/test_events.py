@@ -138,97 +138,85 @@ async def test_publish_without_redis_is_dropped_and_counted(home: TradingHome) -
         await bus.close()
 
 
+@pytest.fixture
+async def applier(home: TradingHome) -> AsyncIterator[Applier]:
+    db = Database(home.database("consumer"))
+    consumer = Applier(db)
+    await consumer.setup()
+    yield consumer
+    db.close()
+
+
+@pytest.fixture
+async def raw(redis: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client, to look at streams as Redis holds them."""
+    client = aioredis.Redis.from_url(redis.url)
+    yield client
+    await client.aclose()
+
+
 async def test_durable_events_are_applied_once_and_acknowledged(
-    buses: tuple[EventBus, EventBus], home: TradingHome, redis: EmbeddedRedis
+    buses: tuple[EventBus, EventBus], applier: Applier, raw: aioredis.Redis
 ) -> None:
     producer, consumer = buses
-    consumer_db = Database(home.database("consumer"))
-    applier = Applier(consumer_db)
-    await applier.setup()
     consumer.consume(STREAM, "paper", "paper-1", applier)
     await producer.start()
     await consumer.start()
-    try:
-        sent = [await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(25)]
-        expected = sorted(event.id for event in sent)
+    sent = [await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(25)]
+    expected = sorted(event.id for event in sent)
 
-        async def all_applied() -> bool:
-            return await applier.applied() == expected
+    async def all_applied() -> bool:
+        return await applier.applied() == expected
 
-        await eventually(all_applied)
-        raw = aioredis.Redis.from_url(redis.url)
-        try:
-            await eventually(lambda: consumer.metrics.counters["events.consumed"] == 25)
-            pending = await raw.xpending(STREAM, "paper")
-            assert pending["pending"] == 0
-        finally:
-            await raw.aclose()
-        assert await producer.outbox_pending() == 0
-    finally:
-        consumer_db.close()
+    await eventually(all_applied)
+    await eventually(lambda: consumer.metrics.counters["events.consumed"] == 25)
+    pending = await raw.xpending(STREAM, "paper")
+    assert pending["pending"] == 0
+    assert await producer.outbox_pending() == 0
 
 
 async def test_failed_handler_leaves_event_pending_then_retries(
-    buses: tuple[EventBus, EventBus], home: TradingHome
+    buses: tuple[EventBus, EventBus], applier: Applier
 ) -> None:
     producer, consumer = buses
-    consumer_db = Database(home.database("consumer"))
-    applier = Applier(consumer_db)
     applier.fail_next = 1
-    await applier.setup()
     consumer.consume(STREAM, "paper", "paper-1", applier)
     await producer.start()
     await consumer.start()
-    try:
-        event = await producer.publish_durable("trade_signal", {"n": 1}, stream=STREAM)
+    event = await producer.publish_durable("trade_signal", {"n": 1}, stream=STREAM)
 
-        async def applied() -> bool:
-            return await applier.applied() == [event.id]
+    async def applied() -> bool:
+        return await applier.applied() == [event.id]
 
-        await eventually(applied)
-        assert applier.calls == 2  # failed once, delivered again, applied
-        assert consumer.metrics.counters["events.handler_errors"] == 1
-    finally:
-        consumer_db.close()
+    await eventually(applied)
+    assert applier.calls == 2  # failed once, delivered again, applied
+    assert consumer.metrics.counters["events.handler_errors"] == 1
 
 
 async def test_malformed_stream_entry_goes_to_dead_letter(
-    buses: tuple[EventBus, EventBus], home: TradingHome, redis: EmbeddedRedis
+    buses: tuple[EventBus, EventBus], applier: Applier, raw: aioredis.Redis
 ) -> None:
     _producer, consumer = buses
-    consumer_db = Database(home.database("consumer"))
-    applier = Applier(consumer_db)
-    await applier.setup()
-    raw = aioredis.Redis.from_url(redis.url)
-    try:
-        await raw.xadd(STREAM, {"event": b"garbage"})
-        good = Event(
-            new_event_id(SystemClock()), "trade_signal", "test", "2026-01-01T00:00:00+00:00", None, {}
-        )
-        await raw.xadd(STREAM, {"event": good.encode()})
-        consumer.consume(STREAM, "paper", "paper-1", applier)
-        await consumer.start()
+    await raw.xadd(STREAM, {"event": b"garbage"})
+    good = Event(new_event_id(SystemClock()), "trade_signal", "test", "2026-01-01T00:00:00+00:00", None, {})
+    await raw.xadd(STREAM, {"event": good.encode()})
+    consumer.consume(STREAM, "paper", "paper-1", applier)
+    await consumer.start()
 
-        async def applied() -> bool:
-            return await applier.applied() == [good.id]
+    async def applied() -> bool:
+        return await applier.applied() == [good.id]
 
-        await eventually(applied)
-        assert await raw.xlen(f"{STREAM}:dead") == 1
-        await eventually(lambda: consumer.metrics.counters["events.consumed"] == 1)
-        assert (await raw.xpending(STREAM, "paper"))["pending"] == 0
-    finally:
-        await raw.aclose()
-        consumer_db.close()
+    await eventually(applied)
+    assert await raw.xlen(f"{STREAM}:dead") == 1
+    await eventually(lambda: consumer.metrics.counters["events.consumed"] == 1)
+    assert (await raw.xpending(STREAM, "paper"))["pending"] == 0
 
 
 async def test_outage_keeps_durable_events_and_restart_loses_none(
-    buses: tuple[EventBus, EventBus], home: TradingHome, redis: EmbeddedRedis
+    buses: tuple[EventBus, EventBus], applier: Applier, redis: EmbeddedRedis
 ) -> None:
     """Redis killed mid-stream and restarted empty: nothing lost, nothing applied twice."""
     producer, consumer = buses
-    consumer_db = Database(home.database("consumer"))
-    applier = Applier(consumer_db)
-    await applier.setup()
     broadcasts: list[Event] = []
 
     async def on_broadcast(event: Event) -> None:
@@ -238,41 +226,36 @@ async def test_outage_keeps_durable_events_and_restart_loses_none(
     consumer.consume(STREAM, "paper", "paper-1", applier)
     await producer.start()
     await consumer.start()
-    try:
-        before = [await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(10)]
+    before = [await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(10)]
 
-        async def first_batch_applied() -> bool:
-            return len(await applier.applied()) == 10
+    async def first_batch_applied() -> bool:
+        return len(await applier.applied()) == 10
 
-        await eventually(first_batch_applied)
+    await eventually(first_batch_applied)
 
-        redis.kill()
-        await eventually(lambda: not producer.connected and not consumer.connected)
-        during = [
-            await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(10, 20)
-        ]
-        assert await producer.outbox_pending() == 10
-        assert await producer.publish("prediction_generated", {"lost": True}) is None
+    redis.kill()
+    await eventually(lambda: not producer.connected and not consumer.connected)
+    during = [await producer.publish_durable("trade_signal", {"n": n}, stream=STREAM) for n in range(10, 20)]
+    assert await producer.outbox_pending() == 10
+    assert await producer.publish("prediction_generated", {"lost": True}) is None
 
-        redis.start()  # a new server: the old stream and consumer group are gone
-        await eventually(lambda: producer.connected and consumer.connected)
-        expected = sorted(event.id for event in before + during)
+    redis.start()  # a new server: the old stream and consumer group are gone
+    await eventually(lambda: producer.connected and consumer.connected)
+    expected = sorted(event.id for event in before + during)
 
-        async def all_applied() -> bool:
-            return await applier.applied() == expected
+    async def all_applied() -> bool:
+        return await applier.applied() == expected
 
-        await eventually(all_applied)
-        assert await producer.outbox_pending() == 0
+    await eventually(all_applied)
+    assert await producer.outbox_pending() == 0
 
-        async def broadcast_arrives() -> bool:
-            await producer.publish("prediction_generated", {"after": True})
-            return any(event.data == {"after": True} for event in broadcasts)
+    async def broadcast_arrives() -> bool:
+        await producer.publish("prediction_generated", {"after": True})
+        return any(event.data == {"after": True} for event in broadcasts)
 
-        await eventually(broadcast_arrives)
-        # The restarted Redis lost the first ten, so they were sent again and skipped by id.
-        assert applier.calls == 30
-    finally:
-        consumer_db.close()
+    await eventually(broadcast_arrives)
+    # The restarted Redis lost the first ten, so they were sent again and skipped by id.
+    assert applier.calls == 30
 
 
 async def test_outbox_survives_a_producer_restart(home: TradingHome, redis: EmbeddedRedis) -> None:
