@@ -13,6 +13,7 @@ import importlib
 import pkgutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -53,19 +54,24 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 class Database:
-    """One SQLite connection used from a worker thread, one operation at a time."""
+    """One SQLite connection, used by one worker thread of its own, one operation at a time.
+
+    Cancelling a task that waits on ``run`` does not stop the thread's work, so ``close`` waits
+    for the operation in progress before closing the connection under it.
+    """
 
     def __init__(self, path: Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
         self.path = path
         self.conn = connect(path, synchronous=synchronous)
-        self._lock = asyncio.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{path.stem}")
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work(conn)`` off the event loop."""
-        async with self._lock:
-            return await asyncio.to_thread(work, self.conn)
+        """Run ``work(conn)`` off the event loop, after the operations submitted before it."""
+        return await asyncio.wrap_future(self._worker.submit(work, self.conn))
 
     def close(self) -> None:
+        """Drop queued operations, wait for the running one (milliseconds), close the connection."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
         self.conn.close()
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +245,26 @@ async def test_database_runs_work_off_the_loop(home: TradingHome) -> None:
         assert rows == [("WES",)]
     finally:
         database.close()
+
+
+async def test_close_waits_for_the_operation_a_cancelled_task_left_running(tmp_path: Path) -> None:
+    # Cancelling the waiting task cannot stop the worker thread; closing the connection under it
+    # would fail its statement (or crash the process inside SQLite).
+    database = Database(tmp_path / "busy.db")
+    started = threading.Event()
+    finished: list[int] = []
+
+    def slow_work(conn: sqlite3.Connection) -> None:
+        started.set()
+        time.sleep(0.2)  # still inside the worker thread when close() is called
+        finished.append(conn.execute("SELECT 41 + 1").fetchone()[0])
+
+    waiter = asyncio.create_task(database.run(slow_work))
+    await asyncio.to_thread(started.wait, 5)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    database.close()
+    assert finished == [42]
+    with pytest.raises(sqlite3.ProgrammingError):
+        database.conn.execute("SELECT 1")
