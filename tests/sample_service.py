@@ -1,8 +1,15 @@
-"""A small real service used by the integration tests: ``python tests/sample_service.py``."""
+"""A small real service used by the integration tests: ``python tests/sample_service.py [FLAGS]``.
+
+Under the manager it takes its name from ``TRADING_MANAGED_NAME``, so one script can play several
+services. Flags make it misbehave on purpose: ``--crash-at-start``, ``--ignore-sigterm`` (also
+ignores the shutdown RPC), ``--spawn-helper`` (starts a child process that never exits by itself).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -118,5 +125,36 @@ class SampleService(BaseService):
         return await self.bus.outbox_pending()
 
 
+class MisbehavingService(SampleService):
+    flags: frozenset[str] = frozenset()
+
+    async def _start(self) -> None:
+        if "--crash-at-start" in self.flags:
+            raise SystemExit(f"{self.name}: crashing at start-up as asked")
+        await super()._start()
+        if "--spawn-helper" in self.flags:
+            self.helper = await asyncio.create_subprocess_exec("sleep", "600")
+        if "--ignore-sigterm" in self.flags:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def request_shutdown(self, reason: str = "requested") -> None:
+        if "--ignore-sigterm" not in self.flags:
+            super().request_shutdown(reason)
+
+    @rpc_method(idempotent=True)
+    def helper_pid(self) -> int | None:
+        helper = getattr(self, "helper", None)
+        return helper.pid if helper is not None else None
+
+
+def service_class(argv: list[str]) -> type[SampleService]:
+    name = os.environ.get("TRADING_MANAGED_NAME", "sample")
+    flags = frozenset(arg for arg in argv if arg.startswith("--"))
+    if name == "sample" and not flags:
+        return SampleService
+    return type(f"{name}Service", (MisbehavingService,), {"name": name, "flags": flags})
+
+
 if __name__ == "__main__":
-    sys.exit(run_service(SampleService))
+    sys.exit(run_service(service_class(sys.argv[1:])))

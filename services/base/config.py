@@ -163,6 +163,13 @@ _BASE_SECTIONS: dict[str, type] = {
 }
 
 
+# Sections that belong to one process of the stack. Each process validates its own; the others
+# pass them over, so one config.toml (and one environment) serves every process.
+STACK_SECTIONS = frozenset(
+    {"manager", "market_data", "sentiment", "ml_model", "prediction", "scheduler", "paper_trading"}
+)
+
+
 class SectionRegistry:
     """Section name -> dataclass, for the sections services add."""
 
@@ -213,6 +220,8 @@ def load_settings(
             raise ConfigError(f"[{name}] must be a table of keys, got {type(section).__name__}")
         cls = _BASE_SECTIONS.get(name) or registry.get(name)
         if cls is None:
+            if name in STACK_SECTIONS:
+                continue
             raise ConfigError(f"unknown config section [{name}]")
         parsed: Any = build_dataclass(cls, section, where=name)
         (values if name in _BASE_SECTIONS else extra)[name] = parsed
@@ -243,6 +252,8 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], registry: SectionReg
         section, key = parts
         cls = _BASE_SECTIONS.get(section) or registry.get(section)
         if cls is None:
+            if section in STACK_SECTIONS:
+                continue
             raise ConfigError(f"environment variable {name}: unknown config section [{section}]")
         hints = typing.get_type_hints(cls)
         if key not in hints:

@@ -69,6 +69,8 @@ class EmbeddedRedis:
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
+            # Keep argv and the environment readable in /proc, so a new manager can find it.
+            "--set-proc-title", "no",
             "--dir", str(self.home.run),
             "--logfile", str(self.home.logs / "redis.log"),
         ]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import sys
@@ -39,6 +40,8 @@ def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
         settings.home.logs,
         level=settings.logging.level,
         keep_days=settings.logging.keep_days,
+        # Under the manager, stderr goes to logs/<service>.out: log to the .log file only.
+        to_stderr=not os.environ.get("TRADING_SUPERVISED"),
     )
     raise_open_file_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -478,3 +478,17 @@ def test_settings_repr_is_not_affected_by_secrets(home: TradingHome) -> None:
     settings = load_settings(home, env={"ASX_API_TOKEN": "tok-not-in-settings"}, registry=SectionRegistry())
     assert isinstance(settings, Settings)
     assert "tok-not-in-settings" not in repr(settings)
+
+
+def test_another_stack_process_section_is_left_to_its_owner(home: TradingHome) -> None:
+    # One config.toml serves every process: [manager] is validated by the manager only.
+    home.config_file.write_text("[manager]\nbackoff_initial_s = 'not checked here'\n")
+    env = {"TRADING__PAPER_TRADING__ANYTHING": "1"}
+    settings = load_settings(home, env=env, registry=SectionRegistry())
+    assert "manager" not in settings.sections
+
+
+def test_a_misspelt_stack_section_is_still_unknown(home: TradingHome) -> None:
+    home.config_file.write_text("[managr]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config section \[managr\]"):
+        load_settings(home, env={}, registry=SectionRegistry())
