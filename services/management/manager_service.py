@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from services.base.config import Settings, TradingHome
 from services.base.errors import ConfigError, DependencyUnavailable, NotFound, OperationalError
@@ -34,7 +34,6 @@ from services.base.service import BaseService, Check, Status
 from services.management import backup, logview
 from services.management.catalog import REDIS, Catalog, ManagerConfig, ServiceSpec, build_catalog
 from services.management.processes import OsProcessControl, ProcessControl, Sample
-from services.management.prometheus import Exporter, MetricsSnapshot
 from services.management.states import ProcessState
 from services.management.supervisor import StateChange, Supervisor
 from services.management.systemd import sd_notify, watchdog_interval
@@ -47,6 +46,10 @@ from services.management.wire import (
     StackStatus,
     StartResult,
 )
+
+if TYPE_CHECKING:
+    from services.management import prometheus
+    from services.management.prometheus import Exporter
 
 log = logging.getLogger("services.manager")
 
@@ -225,6 +228,8 @@ class ManagerService(BaseService):
         self.spawn(self._publish_changes(), name="state-events")
         self.spawn(self._sample_loop(), name="sampler")
         if self.config.metrics_port is not None:
+            from services.management.prometheus import Exporter  # only for users who ask for it
+
             self._exporter = Exporter(self._metrics_snapshot, port=self.config.metrics_port)
             self._exporter.start()
             log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", self._exporter.port)
@@ -337,8 +342,10 @@ class ManagerService(BaseService):
                 samples[name] = sample
         return samples
 
-    def _metrics_snapshot(self) -> MetricsSnapshot:
+    def _metrics_snapshot(self) -> prometheus.MetricsSnapshot:
         # Runs in the exporter's thread: it only reads references the loop replaces whole.
+        from services.management.prometheus import MetricsSnapshot
+
         return MetricsSnapshot(status=self.stack_status(), services=self.metrics_seen)
 
     # -- status ----------------------------------------------------------------------------------
