@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from services.base.config import Settings, TradingHome
-from services.base.errors import ConfigError, DependencyUnavailable, NotFound, OperationalError
+from services.base.errors import DependencyUnavailable, NotFound, OperationalError, TradingError
 from services.base.events import Event, EventType
 from services.base.logs import configure_logging
 from services.base.redis_server import SOCKET_NAME as REDIS_SOCKET
@@ -175,6 +175,18 @@ def stack_catalog(settings: Settings, config: ManagerConfig) -> Catalog:
     for name, spec in catalog.specs.items():
         specs[name] = dataclasses.replace(spec, depends_on=(REDIS, *spec.depends_on))
     return Catalog(specs=specs, missing=catalog.missing)
+
+
+def unknown_services_message(catalog: Catalog, names: Sequence[str]) -> str | None:
+    """A message naming the services that are not in the stack, or None when all are."""
+    unknown = [name for name in names if name not in catalog.specs]
+    if not unknown:
+        return None
+    missing = [name for name in unknown if name in catalog.missing]
+    known = ", ".join(catalog.specs) or "none"
+    if missing:
+        return f"not installed here: {', '.join(missing)} (services here: {known})"
+    return f"unknown service {', '.join(unknown)} (services here: {known})"
 
 
 class ManagerService(BaseService):
@@ -436,13 +448,9 @@ class ManagerService(BaseService):
 
     def _check_names(self, names: Iterable[str]) -> list[str]:
         names = list(names)
-        unknown = [name for name in names if name not in self.catalog.specs]
-        if unknown:
-            known = ", ".join(self.catalog.specs)
-            missing = [name for name in unknown if name in self.catalog.missing]
-            if missing:
-                raise NotFound(f"not installed here: {', '.join(missing)} (services here: {known})")
-            raise NotFound(f"unknown service {', '.join(unknown)} (services here: {known})")
+        problem = unknown_services_message(self.catalog, names)
+        if problem:
+            raise NotFound(problem)
         return names
 
     # -- RPC ---------------------------------------------------------------------------------
@@ -584,14 +592,18 @@ def run_manager(
 
 
 async def _serve(settings: Settings, initial: Sequence[str] | None, notify: bool) -> int:
-    manager = ManagerService(settings, initial=initial, notify=notify)
+    try:
+        manager = ManagerService(settings, initial=initial, notify=notify)
+    except TradingError as exc:
+        log.error("the manager could not start: %s", exc)
+        return 1
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, manager.request_shutdown, signal.Signals(signum).name)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     try:
         await manager.start()
-    except (OperationalError, ConfigError) as exc:
+    except TradingError as exc:
         log.error("the manager could not start: %s", exc)
         with contextlib.suppress(Exception):
             await manager.shutdown_stack()

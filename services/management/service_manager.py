@@ -29,10 +29,13 @@ from services.base.config import Settings, TradingHome, load_settings
 from services.base.errors import ConfigError, TradingError
 from services.base.rpc import RpcClient
 from services.management import logview, systemd
+from services.management.catalog import ManagerConfig
 from services.management.manager_service import (
     AlreadyRunning,
     run_manager,
     running_manager_pid,
+    stack_catalog,
+    unknown_services_message,
 )
 from services.management.processes import PROJECT_ROOT, OsProcessControl
 from services.management.states import ProcessState
@@ -91,6 +94,10 @@ def manager(home: TradingHome, method: str, params: dict[str, Any] | None = None
 def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
     home = settings.home
     services = list(args.services) or None
+    unknown = unknown_services(settings, services or [])
+    if unknown:
+        print(unknown, file=sys.stderr)
+        return EXIT_USAGE
     if args.foreground or args.daemon:
         try:
             return run_manager(
@@ -121,6 +128,11 @@ def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print("all services healthy. Watch them with: tradingctl dashboard")
     return EXIT_OK
+
+
+def unknown_services(settings: Settings, names: Sequence[str]) -> str | None:
+    catalog = stack_catalog(settings, settings.section("manager", ManagerConfig))
+    return unknown_services_message(catalog, names)
 
 
 def _launch_manager(home: TradingHome, services: list[str] | None) -> int:
