@@ -37,7 +37,7 @@ from services.management.manager_service import (
     stack_catalog,
     unknown_services_message,
 )
-from services.management.processes import PROJECT_ROOT, OsProcessControl
+from services.management.processes import PROJECT_ROOT, SMALL_DAEMON_ENV, OsProcessControl
 from services.management.states import ProcessState
 from services.management.wire import StackStatus, StartResult
 
@@ -139,7 +139,7 @@ def _launch_manager(home: TradingHome, services: list[str] | None) -> int:
     """Start the manager detached from this terminal and wait until its socket answers."""
     home.create()
     output = home.logs / "manager.out"
-    env = dict(os.environ, TRADING_HOME=str(home.root))
+    env = dict(SMALL_DAEMON_ENV) | dict(os.environ, TRADING_HOME=str(home.root))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "services.management", "start", "--daemon", *(services or [])]
     with output.open("ab") as out:
@@ -309,7 +309,8 @@ def cmd_install_systemd(settings: Settings, args: argparse.Namespace) -> int:
         home=settings.home.root,
         user_mode=args.user,
         user=None if args.user else getpass.getuser(),
-        environment={"REDIS_URL": os.environ["REDIS_URL"]} if os.environ.get("REDIS_URL") else None,
+        environment=SMALL_DAEMON_ENV
+        | ({"REDIS_URL": os.environ["REDIS_URL"]} if os.environ.get("REDIS_URL") else {}),
     )
     if args.print:
         print(text, end="")
