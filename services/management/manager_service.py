@@ -280,6 +280,7 @@ class ManagerService(BaseService):
 
     def _on_change(self, change: StateChange) -> None:
         self._changes.put_nowait(change)
+        self.health_seen.pop(change.name, None)  # belongs to the previous process; the sampler asks anew
         if change.state in (ProcessState.BACKOFF, ProcessState.FATAL):
             self.recent_alerts.appendleft(
                 {

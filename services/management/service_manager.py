@@ -176,6 +176,7 @@ def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
     pid = running_manager_pid(home.root)
     if not pid:
         left = stop_leftovers(home)
+        home.socket_path("manager").unlink(missing_ok=True)  # left by a manager that was killed
         print(f"the manager is not running{f'; stopped {left} leftover processes' if left else ''}")
         return EXIT_OK
     services = list(args.services) or None
