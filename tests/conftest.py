@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -29,6 +30,23 @@ def home() -> Iterator[TradingHome]:
     trading_home.create()
     yield trading_home
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    """Undo what configure_logging did to the root logger during a test."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ wheel, or ``redis-server`` on PATH.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import shutil
@@ -128,3 +129,19 @@ def ping(path: Path, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+async def ping_async(path: Path, timeout: float = 0.5) -> None:
+    """Raise ``DependencyUnavailable`` unless a Redis server answers PING on ``path``."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            try:
+                writer.write(b"PING\r\n")
+                answer = await reader.readline()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        raise DependencyUnavailable(f"redis at {path}: {exc or 'no answer'}") from None
+    if not answer.startswith(b"+PONG"):
+        raise DependencyUnavailable(f"redis at {path} answered {answer[:40]!r}")

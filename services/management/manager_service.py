@@ -27,7 +27,7 @@ from services.base.errors import DependencyUnavailable, NotFound, OperationalErr
 from services.base.events import Event, EventType
 from services.base.logs import configure_logging
 from services.base.redis_server import SOCKET_NAME as REDIS_SOCKET
-from services.base.redis_server import EmbeddedRedis
+from services.base.redis_server import EmbeddedRedis, ping_async
 from services.base.rpc import RpcClient, rpc_method
 from services.base.runner import event_loop_factory, raise_open_file_limit
 from services.base.service import BaseService, Check, Status
@@ -45,6 +45,7 @@ from services.management.wire import (
     ProcessStatus,
     StackStatus,
     StartResult,
+    blank_process_status,
 )
 
 if TYPE_CHECKING:
@@ -118,44 +119,28 @@ class SocketProber:
 
     async def health(self, spec: ServiceSpec) -> str:
         if spec.kind == "redis":
-            await redis_ping(self.home.run / REDIS_SOCKET, self.timeout)
+            await ping_async(self.home.run / REDIS_SOCKET, self.timeout)
             return "ok"
         report = await self.report(spec.name)
         return str(report.get("status"))
 
     async def report(self, name: str) -> dict[str, Any]:
-        async with RpcClient(self.home.socket_path(name), timeout=self.timeout, connect_attempts=1) as client:
-            report = await client.call("health")
+        report = await self._call(name, "health")
         if not isinstance(report, dict):
             raise DependencyUnavailable(f"{name}: health answered {type(report).__name__}, not an object")
         return report
 
     async def metrics(self, name: str) -> dict[str, Any]:
-        async with RpcClient(self.home.socket_path(name), timeout=self.timeout, connect_attempts=1) as client:
-            result = await client.call("metrics")
+        result = await self._call(name, "metrics")
         return result if isinstance(result, dict) else {}
 
     async def request_shutdown(self, spec: ServiceSpec) -> None:
-        async with RpcClient(
-            self.home.socket_path(spec.name), timeout=self.timeout, connect_attempts=1
-        ) as client:
-            await client.call("shutdown")
+        await self._call(spec.name, "shutdown")
 
-
-async def redis_ping(path: Path, timeout: float) -> None:
-    """Raise ``DependencyUnavailable`` unless a Redis server answers PING on ``path``."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(path))
-            try:
-                writer.write(b"PING\r\n")
-                answer = await reader.readline()
-            finally:
-                writer.close()
-    except (OSError, TimeoutError) as exc:
-        raise DependencyUnavailable(f"redis at {path}: {exc or 'no answer'}") from None
-    if not answer.startswith(b"+PONG"):
-        raise DependencyUnavailable(f"redis at {path} answered {answer[:40]!r}")
+    async def _call(self, name: str, method: str) -> Any:
+        socket = self.home.socket_path(name)
+        async with RpcClient(socket, timeout=self.timeout, connect_attempts=1) as client:
+            return await client.call(method)
 
 
 def stack_catalog(settings: Settings, config: ManagerConfig) -> Catalog:
@@ -409,22 +394,12 @@ class ManagerService(BaseService):
         }
 
     def _external_redis(self, now: datetime) -> ProcessStatus:
-        connected = self.bus.connected if self._bus is not None else False
-        return {
-            "name": REDIS,
-            "state": str(ProcessState.EXTERNAL),
-            "pid": None,
-            "uptime_s": None,
-            "restarts": 0,
-            "memory_rss": None,
-            "memory_pss": None,
-            "cpu_percent": None,
-            "health": "ok" if connected else "down",
-            "last_error": None if connected else (self.bus.last_error if self._bus else None),
-            "depends_on": [],
-            "since": now.isoformat(),
-            "retry_in_s": None,
-        }
+        connected = self._bus is not None and self._bus.connected
+        status = blank_process_status(REDIS, str(ProcessState.EXTERNAL), since=now.isoformat())
+        status["health"] = "ok" if connected else "down"
+        if not connected and self._bus is not None:
+            status["last_error"] = self._bus.last_error
+        return status
 
     def _redis_url_for_display(self) -> str:
         url = self.settings.redis.url
@@ -507,7 +482,7 @@ class ManagerService(BaseService):
             return _down(name, child.last_error or str(child.state))
         try:
             if child.spec.kind == "redis":
-                await redis_ping(self.home.run / REDIS_SOCKET, self.config.health_timeout_s)
+                await ping_async(self.home.run / REDIS_SOCKET, self.config.health_timeout_s)
                 return {"name": name, "status": "ok", "report": None, "error": None}
             report = await self.prober.report(name)
         except Exception as exc:

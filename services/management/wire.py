@@ -29,6 +29,25 @@ class ProcessStatus(TypedDict):
 AdoptionAction = Literal["adopted", "replaced", "stopped"]
 
 
+def blank_process_status(name: str, state: str, *, since: str) -> ProcessStatus:
+    """A status with nothing known yet beyond the name and state; fill in what is."""
+    return {
+        "name": name,
+        "state": state,
+        "pid": None,
+        "uptime_s": None,
+        "restarts": 0,
+        "memory_rss": None,
+        "memory_pss": None,
+        "cpu_percent": None,
+        "health": None,
+        "last_error": None,
+        "depends_on": [],
+        "since": since,
+        "retry_in_s": None,
+    }
+
+
 class Adoption(TypedDict):
     name: str
     pid: int

@@ -38,6 +38,17 @@ def write_config(home: TradingHome) -> None:
     )
 
 
+def start_foreground(home: TradingHome, **env: str) -> subprocess.Popen[bytes]:
+    """The manager as systemd runs it, notifying on run/notify.sock."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.management", "start", "--foreground"],
+        env=service_env(home, NOTIFY_SOCKET=str(home.run / "notify.sock"), **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+
+
 def messages_until(sock: socket.socket, wanted: str) -> list[str]:
     seen: list[str] = []
     while not any(wanted in message for message in seen):
@@ -49,14 +60,7 @@ def test_foreground_manager_notifies_systemd_and_stops_everything_on_sigterm(
     home: TradingHome, notify_socket: socket.socket
 ) -> None:
     write_config(home)
-    env = service_env(home, NOTIFY_SOCKET=str(home.run / "notify.sock"), WATCHDOG_USEC="400000")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.management", "start", "--foreground"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    process = start_foreground(home, WATCHDOG_USEC="400000")
     control = OsProcessControl(Path(home.root))
     try:
         ready = messages_until(notify_socket, "READY=1")
@@ -84,14 +88,7 @@ def test_foreground_manager_notifies_systemd_and_stops_everything_on_sigterm(
 
 def test_a_second_foreground_manager_is_refused(home: TradingHome, notify_socket: socket.socket) -> None:
     write_config(home)
-    env = service_env(home, NOTIFY_SOCKET=str(home.run / "notify.sock"))
-    first = subprocess.Popen(
-        [sys.executable, "-m", "services.management", "start", "--foreground"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    first = start_foreground(home)
     try:
         messages_until(notify_socket, "READY=1")
         second = subprocess.run(

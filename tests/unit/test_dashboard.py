@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -25,30 +25,16 @@ from services.management.dashboard import (
     render,
     run_dashboard,
 )
-from services.management.wire import Alert, ProcessStatus, StackStatus
+from services.management.wire import Alert, ProcessStatus, StackStatus, blank_process_status
 
 NOW = datetime(2024, 6, 3, 1, 15, 2, tzinfo=UTC)  # 11:15:02 in Sydney (AEST)
 MB = 1024 * 1024
 
 
 def process(name: str, state: str = "running", **fields: Any) -> ProcessStatus:
-    base: dict[str, Any] = {
-        "name": name,
-        "state": state,
-        "pid": None,
-        "uptime_s": None,
-        "restarts": 0,
-        "memory_rss": None,
-        "memory_pss": None,
-        "cpu_percent": None,
-        "health": None,
-        "last_error": None,
-        "depends_on": [],
-        "since": "2024-06-03T01:00:00+00:00",
-        "retry_in_s": None,
-    }
-    base.update(fields)
-    return cast(ProcessStatus, base)
+    status = blank_process_status(name, state, since="2024-06-03T01:00:00+00:00")
+    status.update(fields)  # type: ignore[typeddict-item]
+    return status
 
 
 def stack_status(*processes: ProcessStatus, redis_url: str = "unix:///h/run/redis.sock") -> StackStatus:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -15,21 +14,7 @@ import pytest
 from services.base.config import TradingHome
 from services.base.logs import MASK, JsonFormatter, Redactor, configure_logging, trace_var
 
-
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    level = root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def make_record(

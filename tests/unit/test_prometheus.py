@@ -13,25 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.base.errors import ConfigError
 from services.management.prometheus import Exporter, MetricsSnapshot, StackCollector, render_text
-from services.management.wire import ProcessStatus, StackStatus
+from services.management.wire import ProcessStatus, StackStatus, blank_process_status
 
 
 def _process(name: str, state: str, **fields: Any) -> ProcessStatus:
-    process: ProcessStatus = {
-        "name": name,
-        "state": state,
-        "pid": None,
-        "uptime_s": None,
-        "restarts": 0,
-        "memory_rss": None,
-        "memory_pss": None,
-        "cpu_percent": None,
-        "health": None,
-        "last_error": None,
-        "depends_on": [],
-        "since": "2024-05-01T00:00:00+00:00",
-        "retry_in_s": None,
-    }
+    process = blank_process_status(name, state, since="2024-05-01T00:00:00+00:00")
     process.update(fields)  # type: ignore[typeddict-item]
     return process
 
