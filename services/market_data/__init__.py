@@ -1,0 +1,1 @@
+"""Market data: price sources, the local price store, indicators, data quality and market context."""

@@ -1,0 +1,228 @@
+"""Daily price files in Yahoo's export format, and the CSV-directory and replay sources over them.
+
+The files users have vary: dates with a timezone, no ``Adj Close``, extra ``Dividends`` and
+``Stock Splits`` columns, ``null`` rows, yfinance's three-line multi-index header, newest first.
+All of those read the same; anything else (a missing price column, a date or number that cannot be
+read) is an error naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from services.asx.calendar import AsxCalendar, local_day_end
+from services.market_data.bars import COLUMNS, DAILY, bar_key, make_bars
+from services.market_data.sources import DataUnavailable, canonical_column
+
+NULL_TOKENS = frozenset({"", "null", "nan", "none", "n/a", "na", "-"})
+REQUIRED = ("open", "high", "low", "close")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+class CsvFormatError(ValueError):
+    """A price file that cannot be read; the message names the file and where."""
+
+
+def read_price_csv(path: Path) -> pd.DataFrame:
+    """Read one daily price file into bars (oldest first)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            head = [handle.readline() for _ in range(3)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CsvFormatError(f"{path}: cannot be read: {exc}") from exc
+    # yfinance's multi-index export: "Price,Close,...", "Ticker,CBA.AX,...", "Date,,,,".
+    multi_index = head[0].lower().startswith("price,") and head[1].lower().startswith("ticker,")
+    skip = [1, 2] if multi_index else []
+    try:
+        raw = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skiprows=skip, encoding="utf-8-sig", skipinitialspace=True
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CsvFormatError(f"{path}: not a readable CSV file: {exc}") from exc
+    raw.columns = [canonical_column(name) for name in raw.columns]
+    if multi_index:
+        raw = raw.rename(columns={raw.columns[0]: "date"})
+    date_column = next((name for name in ("date", "datetime") if name in raw.columns), None)
+    if date_column is None:
+        raise CsvFormatError(f"{path}: no Date column (columns: {', '.join(raw.columns)})")
+    missing = [name for name in REQUIRED if name not in raw.columns]
+    if missing:
+        raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}")
+    first_data_line = 2 + len(skip)
+
+    # The date as written is the exchange's own date, whatever time or offset follows it.
+    dates = raw[date_column].str.strip()
+    days = dates.str.slice(0, 10)
+    parsed = pd.to_datetime(days, format="%Y-%m-%d", errors="coerce")
+    bad_dates = parsed.isna() | ~dates.str.match(_DATE)
+    if bad_dates.any():
+        row = int(np.flatnonzero(bad_dates.to_numpy())[0])
+        raise CsvFormatError(f"{path}:{row + first_data_line}: cannot read date {dates.iloc[row]!r}")
+    keys = days.tolist()
+
+    values: dict[str, np.ndarray] = {}
+    for name in COLUMNS:
+        if name not in raw.columns:
+            continue
+        text = raw[name].str.strip()
+        numbers = pd.to_numeric(text, errors="coerce")
+        bad = numbers.isna() & ~text.str.lower().isin(NULL_TOKENS)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CsvFormatError(
+                f"{path}:{row + first_data_line}: column {name}: cannot read {text.iloc[row]!r} as a number"
+            )
+        values[name] = numbers.to_numpy(dtype=float)
+    return make_bars(keys, values)
+
+
+@dataclass(slots=True)
+class _Cached:
+    stamp: tuple[int, int]
+    bars: pd.DataFrame
+
+
+class CsvDirectory:
+    """``<SYMBOL>.csv`` files in one directory, each read again only when it changes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._cache: dict[str, _Cached] = {}
+
+    def path_for(self, symbol: str) -> Path | None:
+        exact = self.directory / f"{symbol}.csv"
+        if exact.is_file():
+            return exact
+        wanted = f"{symbol}.csv".lower()
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return None
+        return next((self.directory / name for name in names if name.lower() == wanted), None)
+
+    def bars(self, symbol: str, source: str) -> tuple[pd.DataFrame, bool]:
+        """The file's bars, and whether they were read anew (the file changed since the last read)."""
+        path = self.path_for(symbol)
+        if path is None:
+            raise DataUnavailable(
+                f"no price file {symbol}.csv in {self.directory}", source=source, symbol=symbol
+            )
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise DataUnavailable(f"{path}: {exc.strerror}", source=source, symbol=symbol) from exc
+        stamp = (info.st_mtime_ns, info.st_size)
+        cached = self._cache.get(symbol)
+        if cached is not None and cached.stamp == stamp:
+            return cached.bars, False
+        try:
+            bars = read_price_csv(path)
+        except CsvFormatError as exc:
+            raise DataUnavailable(str(exc), source=source, symbol=symbol) from exc
+        self._cache[symbol] = _Cached(stamp, bars)
+        return bars, True
+
+
+def _check_daily(source: str, symbol: str, interval: str) -> None:
+    if interval != DAILY:
+        raise DataUnavailable(
+            f"the {source} source has daily bars only, not {interval}", source=source, symbol=symbol
+        )
+
+
+def _between(bars: pd.DataFrame, start: date | datetime, end: datetime) -> pd.DataFrame:
+    first, last = bar_key(start, DAILY), bar_key(end, DAILY)
+    keys = bars.index
+    lo = int(keys.searchsorted(first, side="left"))
+    hi = int(keys.searchsorted(last, side="right"))
+    return bars.iloc[lo:hi]
+
+
+class CsvSource:
+    """Daily bars from a directory of price files, as they are on disk."""
+
+    name = "csv"
+    intervals = frozenset({DAILY})
+    local = True
+
+    def __init__(self, directory: Path) -> None:
+        self.files = CsvDirectory(directory)
+
+    async def fetch(self, symbol: str, interval: str, start: date | datetime, end: datetime) -> pd.DataFrame:
+        _check_daily(self.name, symbol, interval)
+        bars, _ = self.files.bars(symbol, self.name)
+        return _between(bars, start, end)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Timeline:
+    bars: pd.DataFrame
+    open_known: list[datetime]  # when each bar's open became known
+    all_known: list[datetime]  # when its high, low, close and volume did
+
+
+class ReplaySource:
+    """A price directory seen through the clock: only what was known at ``now()`` is visible.
+
+    A session's bar shows its open from the session's open, and its high, low, close and volume
+    only from the session's close (early closes included). A row dated on a day without a session
+    (a bad row in the file) becomes visible at the end of that day in Sydney.
+    """
+
+    name = "replay"
+    intervals = frozenset({DAILY})
+    local = True
+
+    def __init__(self, directory: Path, calendar: AsxCalendar, now: Callable[[], datetime]) -> None:
+        self.files = CsvDirectory(directory)
+        self.calendar = calendar
+        self.now = now
+        self._timelines: dict[str, _Timeline] = {}
+
+    def _timeline(self, symbol: str) -> _Timeline:
+        bars, fresh = self.files.bars(symbol, self.name)
+        timeline = self._timelines.get(symbol)
+        if timeline is None or fresh:
+            opens, closes = [], []
+            for key in bars.index:
+                day = date.fromisoformat(key)
+                in_range = self.calendar.first <= day <= self.calendar.last
+                session = self.calendar.session(day) if in_range else None
+                if session is None:
+                    opens.append(local_day_end(day))
+                    closes.append(local_day_end(day))
+                else:
+                    opens.append(session.open)
+                    closes.append(session.close)
+            timeline = self._timelines[symbol] = _Timeline(bars, opens, closes)
+        return timeline
+
+    def visible(self, symbol: str, now: datetime) -> pd.DataFrame:
+        timeline = self._timeline(symbol)
+        known = bisect.bisect_right(timeline.all_known, now)
+        bars = timeline.bars.iloc[:known]
+        if known < len(timeline.bars) and timeline.open_known[known] <= now:
+            partial = timeline.bars.iloc[known : known + 1].copy()
+            partial.loc[:, [name for name in COLUMNS if name != "open"]] = np.nan
+            bars = pd.concat([bars, partial])
+        return bars
+
+    async def fetch(self, symbol: str, interval: str, start: date | datetime, end: datetime) -> pd.DataFrame:
+        _check_daily(self.name, symbol, interval)
+        now = self.now()
+        return _between(self.visible(symbol, min(now, end)), start, end)
+
+    def close(self) -> None:
+        pass

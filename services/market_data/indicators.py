@@ -1,0 +1,172 @@
+"""Technical indicators with TA-Lib, and volume analysis, over daily bars (oldest first).
+
+Each function returns the latest values with the labels a reader wants (RSI zone, MACD crossover,
+where the price sits in its Bollinger Bands). A value that needs more bars than there are is None.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import talib
+
+RSI_PERIOD = 14
+MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
+BOLLINGER_PERIOD, BOLLINGER_DEVIATIONS = 20, 2.0
+SMA_PERIODS = (20, 50, 200)
+EMA_PERIODS = (12, 26)
+ATR_PERIOD = 14
+VOLUME_AVERAGE = 20
+VOLUME_SHORT = 5
+RSI_OVERBOUGHT, RSI_OVERSOLD = 70.0, 30.0
+
+
+def value(x: float) -> float | None:
+    """A float for the wire: NaN (not enough bars) becomes None."""
+    return None if math.isnan(x) else float(x)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def technical_analysis(bars: pd.DataFrame) -> dict[str, Any]:
+    """RSI(14), MACD(12,26,9), Bollinger(20,2), SMA 20/50/200, EMA 12/26 and ATR(14), latest values."""
+    close = bars["close"].to_numpy(dtype=float)
+    high = bars["high"].to_numpy(dtype=float)
+    low = bars["low"].to_numpy(dtype=float)
+    if len(close) < 2:
+        raise ValueError("technical analysis needs at least 2 bars")
+
+    rsi = talib.RSI(close, timeperiod=RSI_PERIOD)
+    macd, signal, histogram = talib.MACD(
+        close, fastperiod=MACD_FAST, slowperiod=MACD_SLOW, signalperiod=MACD_SIGNAL
+    )
+    upper, middle, lower = talib.BBANDS(
+        close,
+        timeperiod=BOLLINGER_PERIOD,
+        nbdevup=BOLLINGER_DEVIATIONS,
+        nbdevdn=BOLLINGER_DEVIATIONS,
+    )  # the middle band is TA-Lib's default, a simple moving average
+    sma = {period: value(talib.SMA(close, timeperiod=period)[-1]) for period in SMA_PERIODS}
+    ema = {period: value(talib.EMA(close, timeperiod=period)[-1]) for period in EMA_PERIODS}
+    atr = value(talib.ATR(high, low, close, timeperiod=ATR_PERIOD)[-1])
+    price = float(close[-1])
+
+    rsi_now = value(rsi[-1])
+    hist_now, hist_before = value(histogram[-1]), value(histogram[-2])
+    crossover = None
+    if hist_now is not None and hist_before is not None:
+        if hist_before <= 0 < hist_now:
+            crossover = "bullish"
+        elif hist_before >= 0 > hist_now:
+            crossover = "bearish"
+    band_top, band_mid, band_bottom = value(upper[-1]), value(middle[-1]), value(lower[-1])
+    percent_b = bandwidth = None
+    if band_top is not None and band_bottom is not None and band_mid:
+        width = band_top - band_bottom
+        percent_b = (price - band_bottom) / width if width > 0 else 0.5
+        bandwidth = width / band_mid
+
+    missing = [f"SMA {p} needs {p} bars" for p in SMA_PERIODS if sma[p] is None]
+    return {
+        "as_of": bars.index[-1],
+        "price": price,
+        "bars_used": len(close),
+        "rsi": {"value": rsi_now, "period": RSI_PERIOD, "zone": _rsi_zone(rsi_now)},
+        "macd": {
+            "macd": value(macd[-1]),
+            "signal": value(signal[-1]),
+            "histogram": hist_now,
+            "momentum": None if hist_now is None else "bullish" if hist_now > 0 else "bearish",
+            "crossover": crossover,
+        },
+        "bollinger": {
+            "upper": band_top,
+            "middle": band_mid,
+            "lower": band_bottom,
+            "percent_b": percent_b,
+            "bandwidth": bandwidth,
+            "position": _band_position(percent_b),
+        },
+        "moving_averages": {
+            **{f"sma_{p}": sma[p] for p in SMA_PERIODS},
+            **{f"ema_{p}": ema[p] for p in EMA_PERIODS},
+            **{f"price_vs_sma_{p}": _change(price, sma[p]) for p in SMA_PERIODS},
+        },
+        "trend": _trend(price, sma[50], sma[200]),
+        "atr": {"value": atr, "period": ATR_PERIOD, "percent_of_price": _ratio(atr, price)},
+        "warnings": missing,
+    }
+
+
+def _change(price: float, reference: float | None) -> float | None:
+    ratio = _ratio(price, reference)
+    return None if ratio is None else ratio - 1.0
+
+
+def _rsi_zone(rsi: float | None) -> str | None:
+    if rsi is None:
+        return None
+    if rsi >= RSI_OVERBOUGHT:
+        return "overbought"
+    if rsi <= RSI_OVERSOLD:
+        return "oversold"
+    return "neutral"
+
+
+def _band_position(percent_b: float | None) -> str | None:
+    if percent_b is None:
+        return None
+    if percent_b > 1:
+        return "above_upper"
+    if percent_b < 0:
+        return "below_lower"
+    return "upper_half" if percent_b >= 0.5 else "lower_half"
+
+
+def _trend(price: float, sma50: float | None, sma200: float | None) -> str | None:
+    """up: price above SMA 50 above SMA 200; down: the reverse; otherwise sideways."""
+    if sma50 is None or sma200 is None:
+        return None
+    if price > sma50 > sma200:
+        return "up"
+    if price < sma50 < sma200:
+        return "down"
+    return "sideways"
+
+
+def volume_analysis(bars: pd.DataFrame, unusual_ratio: float) -> dict[str, Any]:
+    """The latest volume against the average of the 20 sessions before it, and the volume trend."""
+    volume = bars["volume"].to_numpy(dtype=float)
+    volume = volume[~np.isnan(volume)]
+    if len(volume) < VOLUME_AVERAGE + 1 or not volume[-VOLUME_AVERAGE - 1 :].any():
+        return {
+            "available": False,
+            "reason": f"needs {VOLUME_AVERAGE + 1} sessions with volume (an index has none)",
+            "latest": value(volume[-1]) if len(volume) else None,
+        }
+    latest = float(volume[-1])
+    average = float(volume[-VOLUME_AVERAGE - 1 : -1].mean())
+    short = float(volume[-VOLUME_SHORT:].mean())
+    long = float(volume[-VOLUME_AVERAGE:].mean())
+    ratio = latest / average if average > 0 else None
+    trend_ratio = short / long if long > 0 else None
+    trend = None
+    if trend_ratio is not None:
+        trend = "rising" if trend_ratio > 1.1 else "falling" if trend_ratio < 0.9 else "flat"
+    return {
+        "available": True,
+        "latest": latest,
+        "average_20": average,
+        "ratio_to_average": ratio,
+        "unusual": ratio is not None and ratio >= unusual_ratio,
+        "unusual_threshold": unusual_ratio,
+        "trend": trend,
+        "average_5_vs_20": trend_ratio,
+    }
