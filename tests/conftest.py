@@ -72,14 +72,22 @@ class ServiceProcess:
     """A real service process, started like the manager starts one."""
 
     def __init__(
-        self, home: TradingHome, script: Path = SAMPLE_SERVICE, name: str = "sample", **env: str
+        self,
+        home: TradingHome,
+        script: Path = SAMPLE_SERVICE,
+        name: str = "sample",
+        *,
+        module: str | None = None,
+        **env: str,
     ) -> None:
+        """Run ``script``, or ``python -m module`` when a module is named."""
         self.home = home
         self.socket = home.socket_path(name)
         self.log = home.logs / f"{name}.stderr"
+        command = [sys.executable, "-m", module] if module else [sys.executable, str(script)]
         with self.log.open("ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, str(script)],
+                command,
                 env=service_env(home, **env),
                 stdout=stderr,
                 stderr=stderr,

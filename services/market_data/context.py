@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import talib
 
 TRADING_DAYS_PER_YEAR = 252
@@ -20,19 +19,21 @@ class NotEnoughHistory(ValueError):
 
 
 def market_context(
-    bars: pd.DataFrame,
+    times: list[str],
+    close: np.ndarray,
     *,
     trend_return_threshold: float,
     low_volatility: float,
     high_volatility: float,
 ) -> dict[str, Any]:
-    """Trend: SMA 50 vs SMA 200 for the structure, the 20-day return for momentum.
+    """The context from the index's complete daily closes (oldest first) and their keys.
+
+    Trend: SMA 50 vs SMA 200 for the structure, the 20-day return for momentum.
 
     bull: SMA 50 above SMA 200 and the 20-day return not below -threshold; bear: the mirror image;
     sideways: the two disagree. Volatility: annualised standard deviation of the last 20 daily log
     returns, low / normal / high against the two thresholds.
     """
-    close = bars["close"].to_numpy(dtype=float)
     if len(close) < MINIMUM_BARS:
         raise NotEnoughHistory(f"market context needs {MINIMUM_BARS} sessions of the index, has {len(close)}")
     sma50 = float(talib.SMA(close, timeperiod=50)[-1])
@@ -59,7 +60,7 @@ def market_context(
         "regime": regime,
         "volatility_regime": volatility_regime,
         "reason": reason,
-        "as_of": bars.index[-1],
+        "as_of": times[-1],
         "close": float(close[-1]),
         "sma_50": sma50,
         "sma_200": sma200,

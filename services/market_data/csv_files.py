@@ -9,9 +9,11 @@ read) is an error naming the file, the line and the column.
 from __future__ import annotations
 
 import bisect
+import csv
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -36,53 +38,72 @@ def read_price_csv(path: Path) -> pd.DataFrame:
     """Read one daily price file into bars (oldest first)."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            head = [handle.readline() for _ in range(3)]
-    except (OSError, UnicodeDecodeError) as exc:
+            return _read_rows(path, csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CsvFormatError(f"{path}: cannot be read: {exc}") from exc
-    # yfinance's multi-index export: "Price,Close,...", "Ticker,CBA.AX,...", "Date,,,,".
-    multi_index = head[0].lower().startswith("price,") and head[1].lower().startswith("ticker,")
-    skip = [1, 2] if multi_index else []
-    try:
-        raw = pd.read_csv(
-            path, dtype=str, keep_default_na=False, skiprows=skip, encoding="utf-8-sig", skipinitialspace=True
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CsvFormatError(f"{path}: not a readable CSV file: {exc}") from exc
-    raw.columns = [canonical_column(name) for name in raw.columns]
-    if multi_index:
-        raw = raw.rename(columns={raw.columns[0]: "date"})
-    date_column = next((name for name in ("date", "datetime") if name in raw.columns), None)
-    if date_column is None:
-        raise CsvFormatError(f"{path}: no Date column (columns: {', '.join(raw.columns)})")
-    missing = [name for name in REQUIRED if name not in raw.columns]
+
+
+def _read_rows(path: Path, reader: Iterator[list[str]]) -> pd.DataFrame:
+    line = 0
+
+    def fail(message: str) -> CsvFormatError:
+        return CsvFormatError(f"{path}:{line}: {message}")
+
+    names = _read_header(path, reader)
+    line = getattr(reader, "line_num", 0)
+    date_at = next((names.index(name) for name in ("date", "datetime") if name in names), None)
+    if date_at is None:
+        raise CsvFormatError(f"{path}: no Date column (columns: {', '.join(names)})")
+    missing = [name for name in REQUIRED if name not in names]
     if missing:
         raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}")
-    first_data_line = 2 + len(skip)
+    wanted = [(name, names.index(name)) for name in COLUMNS if name in names]
 
-    # The date as written is the exchange's own date, whatever time or offset follows it.
-    dates = raw[date_column].str.strip()
-    days = dates.str.slice(0, 10)
-    parsed = pd.to_datetime(days, format="%Y-%m-%d", errors="coerce")
-    bad_dates = parsed.isna() | ~dates.str.match(_DATE)
-    if bad_dates.any():
-        row = int(np.flatnonzero(bad_dates.to_numpy())[0])
-        raise CsvFormatError(f"{path}:{row + first_data_line}: cannot read date {dates.iloc[row]!r}")
-    keys = days.tolist()
-
-    values: dict[str, np.ndarray] = {}
-    for name in COLUMNS:
-        if name not in raw.columns:
-            continue
-        text = raw[name].str.strip()
-        numbers = pd.to_numeric(text, errors="coerce")
-        bad = numbers.isna() & ~text.str.lower().isin(NULL_TOKENS)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise CsvFormatError(
-                f"{path}:{row + first_data_line}: column {name}: cannot read {text.iloc[row]!r} as a number"
-            )
-        values[name] = numbers.to_numpy(dtype=float)
+    keys: list[str] = []
+    values: dict[str, list[float]] = {name: [] for name, _ in wanted}
+    for row in reader:
+        line = getattr(reader, "line_num", line + 1)
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        if len(row) != len(names):
+            raise fail(f"expected {len(names)} fields, found {len(row)}")
+        text = row[date_at].strip()
+        try:
+            if not _DATE.match(text):
+                raise ValueError
+            date.fromisoformat(text[:10])
+        except ValueError:
+            raise fail(f"cannot read date {text!r}") from None
+        # The date as written is the exchange's own date, whatever time or offset follows it.
+        keys.append(text[:10])
+        for name, at in wanted:
+            cell = row[at].strip()
+            if cell.lower() in NULL_TOKENS:
+                values[name].append(math.nan)
+                continue
+            try:
+                number = float(cell)
+            except ValueError:
+                raise fail(f"column {name}: cannot read {cell!r} as a number") from None
+            if not math.isfinite(number):
+                raise fail(f"column {name}: {cell!r} is not a finite number")
+            values[name].append(number)
     return make_bars(keys, values)
+
+
+def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
+    header = next(reader, None)
+    if not header or not any(cell.strip() for cell in header):
+        raise CsvFormatError(f"{path}: empty file, expected a header such as Date,Open,High,Low,Close,Volume")
+    names = [canonical_column(cell) for cell in header]
+    if names[0] != "price":
+        return names
+    # yfinance's multi-index export: "Price,Close,...", "Ticker,CBA.AX,...", "Date,,,,".
+    ticker_row = next(reader, [])
+    date_row = next(reader, [])
+    if not ticker_row or canonical_column(ticker_row[0]) != "ticker" or not date_row:
+        raise CsvFormatError(f"{path}: a 'Price' header must be followed by 'Ticker' and 'Date' rows")
+    return [canonical_column(date_row[0]) or "date", *names[1:]]
 
 
 @dataclass(slots=True)

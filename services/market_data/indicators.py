@@ -37,9 +37,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def technical_analysis(bars: pd.DataFrame) -> dict[str, Any]:
     """RSI(14), MACD(12,26,9), Bollinger(20,2), SMA 20/50/200, EMA 12/26 and ATR(14), latest values."""
-    close = bars["close"].to_numpy(dtype=float)
-    high = bars["high"].to_numpy(dtype=float)
-    low = bars["low"].to_numpy(dtype=float)
+    return indicators(
+        str(bars.index[-1]) if len(bars) else "",
+        np.ascontiguousarray(bars["close"].to_numpy(dtype=float)),
+        np.ascontiguousarray(bars["high"].to_numpy(dtype=float)),
+        np.ascontiguousarray(bars["low"].to_numpy(dtype=float)),
+    )
+
+
+def indicators(as_of: str, close: np.ndarray, high: np.ndarray, low: np.ndarray) -> dict[str, Any]:
+    """``technical_analysis`` over arrays of complete bars, oldest first; ``as_of`` is the last bar's key."""
     if len(close) < 2:
         raise ValueError("technical analysis needs at least 2 bars")
 
@@ -75,7 +82,7 @@ def technical_analysis(bars: pd.DataFrame) -> dict[str, Any]:
 
     missing = [f"SMA {p} needs {p} bars" for p in SMA_PERIODS if sma[p] is None]
     return {
-        "as_of": bars.index[-1],
+        "as_of": as_of,
         "price": price,
         "bars_used": len(close),
         "rsi": {"value": rsi_now, "period": RSI_PERIOD, "zone": _rsi_zone(rsi_now)},
@@ -143,7 +150,11 @@ def _trend(price: float, sma50: float | None, sma200: float | None) -> str | Non
 
 def volume_analysis(bars: pd.DataFrame, unusual_ratio: float) -> dict[str, Any]:
     """The latest volume against the average of the 20 sessions before it, and the volume trend."""
-    volume = bars["volume"].to_numpy(dtype=float)
+    return volume_figures(bars["volume"].to_numpy(dtype=float), unusual_ratio)
+
+
+def volume_figures(volume: np.ndarray, unusual_ratio: float) -> dict[str, Any]:
+    """``volume_analysis`` over an array of volumes, oldest first (NaN volumes are skipped)."""
     volume = volume[~np.isnan(volume)]
     if len(volume) < VOLUME_AVERAGE + 1 or not volume[-VOLUME_AVERAGE - 1 :].any():
         return {
@@ -152,9 +163,9 @@ def volume_analysis(bars: pd.DataFrame, unusual_ratio: float) -> dict[str, Any]:
             "latest": value(volume[-1]) if len(volume) else None,
         }
     latest = float(volume[-1])
-    average = float(volume[-VOLUME_AVERAGE - 1 : -1].mean())
-    short = float(volume[-VOLUME_SHORT:].mean())
-    long = float(volume[-VOLUME_AVERAGE:].mean())
+    average = float(volume[-VOLUME_AVERAGE - 1 : -1].sum()) / VOLUME_AVERAGE
+    short = float(volume[-VOLUME_SHORT:].sum()) / VOLUME_SHORT
+    long = float(volume[-VOLUME_AVERAGE:].sum()) / VOLUME_AVERAGE
     ratio = latest / average if average > 0 else None
     trend_ratio = short / long if long > 0 else None
     trend = None

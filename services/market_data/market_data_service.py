@@ -12,10 +12,12 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from services.asx.calendar import SYDNEY, AsxCalendar, local_day_end
@@ -26,11 +28,11 @@ from services.base.errors import ConfigError, InvalidParams, NotFound
 from services.base.events import EventType
 from services.base.rpc import rpc_method
 from services.base.service import BaseService, Check
-from services.market_data.bars import DAILY, complete, key_date, to_columns, to_records
+from services.market_data.bars import COLUMNS, DAILY, complete, key_date, to_columns, to_records
 from services.market_data.config import MarketDataConfig
 from services.market_data.context import NotEnoughHistory, market_context
 from services.market_data.csv_files import CsvSource, ReplaySource
-from services.market_data.indicators import technical_analysis, volume_analysis
+from services.market_data.indicators import indicators, volume_figures
 from services.market_data.quality import assess_quality
 from services.market_data.schema import MIGRATIONS
 from services.market_data.sources import DataUnavailable, PriceSource
@@ -65,6 +67,8 @@ class MarketDataService(BaseService):
         self._cache: dict[tuple[Any, ...], tuple[datetime, dict[str, Any]]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._refreshing: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._building: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
+        self._windows: dict[str, Window] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -242,6 +246,7 @@ class MarketDataService(BaseService):
     async def _cached(
         self, kind: str, symbol: str, state: SeriesState, build: Callable[[], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any]:
+        """``build()``'s answer, shared by concurrent callers and kept for ``cache_ttl_s``."""
         now = self.clock.now()
         last = self.calendar.last_closed(now)
         key = (kind, symbol, state.revision, state.last_success, last.date if last else None)
@@ -249,20 +254,43 @@ class MarketDataService(BaseService):
         if hit is not None and hit[0] > now:
             self.stats.incr("cache.hits")
             return hit[1]
+        building = self._building.get(key)
+        if building is not None:  # another call is computing this very answer: wait for it
+            return await asyncio.shield(building)
         self.stats.incr("cache.misses")
-        value = await build()
+        building = self._building[key] = asyncio.get_running_loop().create_future()
+        try:
+            value = await build()
+        except BaseException as exc:
+            building.set_exception(exc)
+            building.exception()  # the waiters get it; nobody else needs to
+            raise
+        else:
+            building.set_result(value)
+        finally:
+            del self._building[key]
         if len(self._cache) >= CACHE_LIMIT:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._cache[key] = (now + timedelta(seconds=self.config.cache_ttl_s), value)
         return value
 
-    async def _analysis_bars(self, symbol: str) -> pd.DataFrame:
-        bars = await self.store.bars(symbol, DAILY, last=self.config.analysis_bars)
-        if complete(bars).empty:
+    async def _window(self, symbol: str, state: SeriesState) -> Window:
+        """The newest daily bars of ``symbol``, read from the store once per revision of the series."""
+        window = self._windows.get(symbol)
+        if window is None or window.revision != state.revision:
+            size = max(self.config.analysis_bars, self.config.quality_window_sessions + 30)
+            window = Window.of(state.revision, await self.store.bars(symbol, DAILY, last=size))
+            self._windows[symbol] = window
+            self.stats.incr("window.loads")
+        if len(window.close) == 0:
             raise DataUnavailable(
                 f"no complete daily bar for {symbol}", source=self.source.name, symbol=symbol
             )
-        return bars
+        return window
+
+    def _indicators(self, window: Window) -> dict[str, Any]:
+        n = self.config.analysis_bars
+        return indicators(window.times[-1], window.close[-n:], window.high[-n:], window.low[-n:])
 
     @rpc_method(idempotent=True)
     async def get_market_data(self, symbol: str, bars: int = 20) -> dict[str, Any]:
@@ -273,16 +301,11 @@ class MarketDataService(BaseService):
         state = await self._fresh(symbol)
 
         async def build() -> dict[str, Any]:
-            window = await self._analysis_bars(symbol)
-            # The quality window reaches back further than the analysis one.
-            quality_bars = await self.store.bars(
-                symbol, DAILY, last=max(self.config.analysis_bars, self.config.quality_window_sessions + 30)
-            )
-            usable = complete(window)
-            price, price_time, price_kind = _latest_price(window)
+            window = await self._window(symbol, state)
+            price, price_time, price_kind = _latest_price(window.bars)
             # A close compares with the close before it; a session's open with the last close.
             before = -2 if price_kind == "close" else -1
-            previous = float(usable["close"].iloc[before]) if len(usable) >= -before else None
+            previous = float(window.close[before]) if len(window.close) >= -before else None
             return {
                 "symbol": symbol,
                 "is_index": symbol == self.config.context_symbol,
@@ -292,11 +315,11 @@ class MarketDataService(BaseService):
                 "previous_close": previous,
                 "change": None if previous is None else price - previous,
                 "change_percent": None if not previous else (price / previous - 1.0) * 100.0,
-                "recent_bars": to_records(window.iloc[-self.config.recent_bars :]),
-                "indicators": technical_analysis(usable),
-                "volume": volume_analysis(usable, self.config.unusual_volume_ratio),
+                "recent_bars": to_records(window.bars.iloc[-self.config.recent_bars :]),
+                "indicators": self._indicators(window),
+                "volume": volume_figures(window.volume, self.config.unusual_volume_ratio),
                 "quality": assess_quality(
-                    quality_bars,
+                    window.bars,
                     calendar=self.calendar,
                     now=self.clock.now(),
                     is_index=symbol == self.config.context_symbol,
@@ -317,11 +340,11 @@ class MarketDataService(BaseService):
         state = await self._fresh(symbol)
 
         async def build() -> dict[str, Any]:
-            usable = complete(await self._analysis_bars(symbol))
+            window = await self._window(symbol, state)
             return {
                 "symbol": symbol,
-                **technical_analysis(usable),
-                "volume": volume_analysis(usable, self.config.unusual_volume_ratio),
+                **self._indicators(window),
+                "volume": volume_figures(window.volume, self.config.unusual_volume_ratio),
             }
 
         answer = dict(await self._cached("technical", symbol, state, build))
@@ -335,10 +358,11 @@ class MarketDataService(BaseService):
         state = await self._fresh(symbol)
 
         async def build() -> dict[str, Any]:
-            usable = complete(await self._analysis_bars(symbol))
+            window = await self._window(symbol, state)
             try:
                 context = market_context(
-                    usable,
+                    window.times,
+                    window.close[-self.config.analysis_bars :],
                     trend_return_threshold=self.config.trend_return_threshold,
                     low_volatility=self.config.low_volatility,
                     high_volatility=self.config.high_volatility,
@@ -479,6 +503,40 @@ class MarketDataService(BaseService):
                 "last_error": state.last_error,
             }
         return {"source": self.source.name, "symbols": symbols, "cache_size": len(self._cache)}
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The newest stored daily bars of one symbol, kept in memory until the series changes."""
+
+    revision: int
+    bars: pd.DataFrame  # every stored row, for recent bars and data quality
+    # The complete bars (those with a close) as contiguous arrays, for TA-Lib.
+    times: list[str]
+    close: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    volume: np.ndarray
+
+    @classmethod
+    def of(cls, revision: int, bars: pd.DataFrame) -> Window:
+        # The store's frames have exactly COLUMNS, in order (reindexing by name costs ~0.5 ms).
+        assert tuple(bars.columns) == COLUMNS
+        values = bars.to_numpy(dtype=float)
+        usable = ~np.isnan(values[:, COLUMNS.index("close")])
+
+        def column(name: str) -> np.ndarray:
+            return np.ascontiguousarray(values[usable, COLUMNS.index(name)])
+
+        return cls(
+            revision,
+            bars,
+            [str(key) for key in bars.index[usable]],
+            column("close"),
+            column("high"),
+            column("low"),
+            column("volume"),
+        )
 
 
 def _latest_price(bars: pd.DataFrame) -> tuple[float, str, str]:

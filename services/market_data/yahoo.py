@@ -28,7 +28,15 @@ log = logging.getLogger("services.market_data.yahoo")
 
 # How far back Yahoo serves each intraday interval.
 MAX_LOOKBACK = {"1h": timedelta(days=729), "15m": timedelta(days=59), "5m": timedelta(days=59)}
-_TEMPORARY_NAMES = ("timeout", "timedout", "connection", "ratelimit", "toomanyrequests", "curlerror")
+# Exception classes (by name, anywhere in the class's MRO) worth retrying.
+_TEMPORARY_NAMES = (
+    "timeout",
+    "timedout",
+    "connectionerror",
+    "ratelimit",
+    "toomanyrequests",
+    "incompleteread",
+)
 
 
 class YahooClient(Protocol):
@@ -60,14 +68,18 @@ class YFinanceClient:
 
 
 def is_temporary(exc: BaseException) -> bool:
-    """Timeouts, connection failures and rate limits are worth retrying; a bad symbol is not."""
+    """Timeouts, connection failures, rate limits and server errors are worth retrying; a bad symbol,
+    a bad URL or an answer that cannot be parsed is not."""
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
-    for cls in type(exc).__mro__:
-        name = cls.__name__.lower()
-        if any(part in name for part in _TEMPORARY_NAMES) or cls.__module__.startswith("curl_cffi"):
-            return True
-    return False
+    names = [cls.__name__.lower() for cls in type(exc).__mro__]
+    if any(part in name for name in names for part in _TEMPORARY_NAMES):
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    # libcurl's own errors (a reset connection, a failed lookup) come as a bare CurlError.
+    return type(exc).__name__ == "CurlError" and type(exc).__module__.startswith("curl_cffi")
 
 
 def frame_to_bars(frame: pd.DataFrame, interval: str) -> pd.DataFrame:
