@@ -77,6 +77,12 @@ class MarketDataService(BaseService):
         await self.db.run(lambda conn: migrate(conn, MIGRATIONS))
         self.store = PriceStore(self.db)
         self.series = await self.store.load_series()
+        # Analysis reads only memory: the newest bars of every symbol are loaded now and again
+        # after each refresh that changes them.
+        for symbol in self.config.universe:
+            state = self.series.get((symbol, DAILY))
+            if state is not None and state.bar_count:
+                await self._load_window(symbol, state)
         self.source = self._given_source or self._build_source()
         log.info("price source %s for %s", self.source.name, ", ".join(self.config.universe))
         if self.config.refresh_on_start:
@@ -167,6 +173,8 @@ class MarketDataService(BaseService):
             self.series[key] = await self.store.record_failure(state, exc.message, now)
             return {"status": "unavailable", "bars_changed": 0, "error": exc.message}
         changed, self.series[key] = await self.store.save(state, bars, self.source.name, now)
+        if changed and interval == DAILY:
+            await self._load_window(symbol, self.series[key])
         return {"status": "updated" if changed else "unchanged", "bars_changed": changed, "error": None}
 
     def _daily_up_to_date(self, state: SeriesState, now: datetime) -> bool:
@@ -274,14 +282,18 @@ class MarketDataService(BaseService):
         self._cache[key] = (now + timedelta(seconds=self.config.cache_ttl_s), value)
         return value
 
+    async def _load_window(self, symbol: str, state: SeriesState) -> Window:
+        size = max(self.config.analysis_bars, self.config.quality_window_sessions + 30)
+        window = Window.of(state.revision, await self.store.bars(symbol, DAILY, last=size))
+        self._windows[symbol] = window
+        self.stats.incr("window.loads")
+        return window
+
     async def _window(self, symbol: str, state: SeriesState) -> Window:
-        """The newest daily bars of ``symbol``, read from the store once per revision of the series."""
+        """The newest daily bars of ``symbol``, from memory (read again if the series changed)."""
         window = self._windows.get(symbol)
         if window is None or window.revision != state.revision:
-            size = max(self.config.analysis_bars, self.config.quality_window_sessions + 30)
-            window = Window.of(state.revision, await self.store.bars(symbol, DAILY, last=size))
-            self._windows[symbol] = window
-            self.stats.incr("window.loads")
+            window = await self._load_window(symbol, state)
         if len(window.close) == 0:
             raise DataUnavailable(
                 f"no complete daily bar for {symbol}", source=self.source.name, symbol=symbol

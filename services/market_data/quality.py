@@ -98,7 +98,7 @@ def assess_quality(
                 occurrences=behind,
             )
         )
-    issues.extend(_calendar_issues(window, calendar, window_first, newest))
+    issues.extend(_calendar_issues(window, calendar, window_first, expected.date, newest))
     issues.extend(_bar_issues(window, is_index=is_index))
     issues.extend(_spikes(window, spike_threshold))
 
@@ -118,7 +118,7 @@ def assess_quality(
 
 
 def _calendar_issues(
-    window: pd.DataFrame, calendar: AsxCalendar, window_first: date, newest: str | None
+    window: pd.DataFrame, calendar: AsxCalendar, window_first: date, window_last: date, newest: str | None
 ) -> list[Issue]:
     issues = []
     keys = list(window.index)
@@ -132,7 +132,9 @@ def _calendar_issues(
             key for key, close in zip(keys, window["close"].to_numpy(), strict=True) if close == close
         }
         start = max(window_first, date.fromisoformat(keys[0]))
-        expected = calendar.sessions_between(start, date.fromisoformat(newest))
+        # Up to the newest bar, but not a session still in progress (its bar is not checked yet).
+        until = min(date.fromisoformat(newest), window_last)
+        expected = calendar.sessions_between(start, until)
         missing = tuple(day.isoformat() for day in expected if day.isoformat() not in complete_days)
         if missing:
             issues.append(Issue("missing_sessions", f"{len(missing)} session(s) with no bar", missing))

@@ -201,7 +201,8 @@ async def test_concurrent_reads_share_one_computation(client: RpcClient) -> None
     assert len({answer["rsi"]["value"] for answer in answers}) == 1
     metrics = await client.call("metrics")
     assert metrics["methods"]["get_technical_analysis"]["calls"] == 20
+    # One computation: the other 19 calls waited for it or found its answer cached.
     assert metrics["counters"]["cache.misses"] == 1
-    assert "cache.hits" not in metrics["counters"]  # the other 19 waited on the one computation
+    hits = metrics["counters"].get("cache.hits", 0)
     await client.call("get_technical_analysis", {"symbol": "ANZ.AX"})
-    assert (await client.call("metrics"))["counters"]["cache.hits"] == 1
+    assert (await client.call("metrics"))["counters"]["cache.hits"] == hits + 1
