@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -65,7 +64,6 @@ class MarketDataService(BaseService):
         self.calendar = calendar or AsxCalendar()
         self.series: dict[tuple[str, str], SeriesState] = {}
         self._cache: dict[tuple[Any, ...], tuple[datetime, dict[str, Any]]] = {}
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._refreshing: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._building: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
         self._windows: dict[str, Window] = {}
@@ -109,7 +107,8 @@ class MarketDataService(BaseService):
     async def refresh_all_data(self, symbols: list[str] | None = None) -> dict[str, Any]:
         """Fetch what is missing for every symbol (or those named); the outcome per symbol."""
         wanted = self._symbols(symbols)
-        outcomes = await asyncio.gather(*(self._refresh_once(symbol) for symbol in wanted))
+        # Shielded: a caller that gives up (a client timeout) leaves the refreshes running.
+        outcomes = await asyncio.gather(*(asyncio.shield(self._refresh_once(symbol)) for symbol in wanted))
         by_symbol = dict(zip(wanted, outcomes, strict=True))
         return {
             "source": self.source.name,
@@ -127,10 +126,9 @@ class MarketDataService(BaseService):
         return task
 
     async def _refresh_symbol(self, symbol: str) -> dict[str, Any]:
-        async with self._locks[symbol]:
-            results = {
-                interval: await self._refresh_series(symbol, interval) for interval in self.config.intervals
-            }
+        results = {
+            interval: await self._refresh_series(symbol, interval) for interval in self.config.intervals
+        }
         changed = sum(result["bars_changed"] for result in results.values())
         errors = {interval: r["error"] for interval, r in results.items() if r["status"] == "unavailable"}
         daily = self.series.get((symbol, DAILY))
@@ -196,11 +194,8 @@ class MarketDataService(BaseService):
 
     async def _publish_update(self, symbol: str, results: dict[str, Any]) -> None:
         daily = self.series.get((symbol, DAILY))
-        price = None
-        if daily is not None and daily.newest is not None:
-            last = await self.store.bars(symbol, DAILY, last=1)
-            if not last.empty:
-                price = _latest_price(last)[0]
+        window = self._windows.get(symbol)
+        price = _latest_price(window.bars)[0] if window is not None and len(window.close) else None
         await self.bus.publish(
             EventType.MARKET_DATA_UPDATED,
             {
