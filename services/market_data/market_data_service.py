@@ -503,11 +503,9 @@ class MarketDataService(BaseService):
             state = self.series.get((symbol, DAILY)) or SeriesState(symbol, DAILY)
             freshness = self._freshness(state)
             symbols[symbol] = {
-                "newest_bar": state.newest,
+                **_describe_state(state),
                 "age_s": freshness["age_s"],
                 "sessions_behind": freshness["sessions_behind"],
-                "last_success": state.last_success,
-                "last_error": state.last_error,
             }
         return {"source": self.source.name, "symbols": symbols, "cache_size": len(self._cache)}
 

@@ -117,6 +117,8 @@ async def test_bad_requests_get_precise_errors(client: RpcClient) -> None:
     # WBC.AX is watched but has no file: -32000 with the reason.
     with pytest.raises(DependencyUnavailable, match=r"no price file WBC\.AX\.csv"):
         await client.call("get_technical_analysis", {"symbol": "WBC.AX"})
+    # A read waits for the start-up refresh of that symbol, which runs off the event loop.
+    await client.call("get_market_data", {"symbol": "CBA.AX"})
     health = await client.call("health")
     assert health["status"] == "degraded"
     assert "WBC.AX" in health["checks"]["source"]["detail"]
