@@ -38,13 +38,19 @@ class AsxCalendar:
             # exchange_calendars 4.x still uses pandas APIs that pandas 3.1 deprecates.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            schedule = exchange_calendars.get_calendar("XASX", start=first, end=last).schedule
+            xasx = exchange_calendars.get_calendar("XASX", start=first, end=last)
+            schedule = xasx.schedule
+            named = xasx.regular_holidays.holidays(first, last, return_name=True)
         self.first = first
         self.last = last
         self._dates: list[date] = [label.date() for label in schedule.index]
         self._opens: list[datetime] = [ts.to_pydatetime() for ts in schedule["open"]]
         self._closes: list[datetime] = [ts.to_pydatetime() for ts in schedule["close"]]
         self._by_date = {day: i for i, day in enumerate(self._dates)}
+        self._holidays: dict[date, str] = {label.date(): str(name) for label, name in named.items()}
+        for label in xasx.adhoc_holidays:
+            if first <= label.date() <= last:
+                self._holidays.setdefault(label.date(), "market holiday")
 
     def _session(self, i: int) -> Session:
         return Session(self._dates[i], self._opens[i], self._closes[i])
@@ -65,6 +71,12 @@ class AsxCalendar:
         self._check(day)
         i = self._by_date.get(day)
         return None if i is None else self._session(i)
+
+    def holiday_name(self, day: date) -> str | None:
+        """Why a weekday is not a session (e.g. "Anzac Day"); None for sessions and weekends."""
+        if day.weekday() >= 5 or self.is_session(day):
+            return None
+        return self._holidays.get(day, "market holiday")
 
     def sessions_between(self, first: date, last: date) -> list[date]:
         """Session dates from ``first`` to ``last``, both included."""

@@ -12,6 +12,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+MAX_WALL_CLOCK_STEP_S = 60.0
+
 
 class Clock(Protocol):
     def now(self) -> datetime:
@@ -37,7 +39,14 @@ class SystemClock:
         await asyncio.sleep(max(0.0, seconds))
 
     async def sleep_until(self, when: datetime) -> None:
-        await self.sleep((_require_aware(when) - self.now()).total_seconds())
+        # In steps, reading the wall clock again after each: the event loop's clock is monotonic
+        # and stands still while the machine is suspended, so one long sleep would wake late.
+        _require_aware(when)
+        while True:
+            remaining = (when - self.now()).total_seconds()
+            await asyncio.sleep(max(0.0, min(remaining, MAX_WALL_CLOCK_STEP_S)))
+            if remaining <= MAX_WALL_CLOCK_STEP_S:
+                return
 
 
 class SimulatedClock:
