@@ -156,7 +156,8 @@ class SchedulerService(BaseService):
             now = self.clock.now()
             due = [e for e in self.entries.values() if e.next_run is not None and e.next_run <= now]
             for entry in self._in_dependency_order(due):
-                await self._fire_due(entry, now, trigger="schedule")
+                if self.entries.get(entry.task.id) is entry:  # not unscheduled meanwhile
+                    await self._fire_due(entry, now, trigger="schedule")
             await self._prune_daily(now)
             upcoming = [e.next_run for e in self.entries.values() if e.next_run is not None]
             await self._wait(min(upcoming) if upcoming else None)
@@ -190,7 +191,7 @@ class SchedulerService(BaseService):
     def idle(self) -> bool:
         """Everything is waiting for a later time on the clock: what a replay waits for before stepping."""
         now = self.clock.now()
-        running = sum(1 for entry in self.entries.values() if entry.is_running)
+        running = sum(1 for run in self._runs if not run.done())
         return (
             self._loop_waiting
             and not self._changed.is_set()
@@ -287,6 +288,9 @@ class SchedulerService(BaseService):
             finished = await self.store.interrupt_run(run, self.clock.now(), STOPPED_DURING_RUN)
             entry.last_run = entry.last_ran = finished
             raise
+        except Exception as exc:  # a fault of the scheduler's own: the run must not stay "running"
+            log.exception("task %s: run %d failed inside the scheduler", task.id, run.id)
+            outcome, error, result = "failed", f"internal error in the scheduler: {exc}", None
         finished = await self.store.finish_run(run, self.clock.now(), outcome, error, result)
         entry.last_run = entry.last_ran = finished
         entry.consecutive_failures = 0 if outcome == "succeeded" else entry.consecutive_failures + 1

@@ -496,3 +496,23 @@ async def test_market_status_across_a_holiday_and_an_early_close(harness: Harnes
         christmas = await client.call("get_market_status")
         assert (christmas["phase"], christmas["reason"]) == ("closed", "holiday: Christmas")
         assert christmas["next_close_utc"] == "2026-12-29T05:00:00+00:00"
+
+
+async def test_runs_go_on_without_redis_and_health_says_so(harness: Harness) -> None:
+    await harness.start_scheduler()
+    harness.redis.stop()
+    await harness.run_until(local(date(2026, 12, 21), "10:00"))
+    assert [call for _, call in harness.calls] == [
+        "manager.backup",
+        "prediction.generate_predictions",
+        "market_data.refresh_all_data",
+        "sentiment.refresh_sentiment_cache",
+    ]
+    async with harness.client() as client:
+        health = await client.call("health")
+        assert health["status"] == "degraded"
+        assert health["checks"]["redis"]["status"] == "degraded"
+        assert health["checks"]["tasks"]["status"] == "ok"
+        with pytest.raises(InvalidParams) as bad:
+            await client.call("schedule_task", {"config": "daily at nine"})
+        assert bad.value.data["field"] == "config"
