@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -47,6 +47,15 @@ class RunSummary:
             "outcome": self.outcome,
             "error": self.error,
         }
+
+
+class NewRun(NamedTuple):
+    """A run to insert: one starting (outcome ``running``) or one settled at once (``skipped``)."""
+
+    trigger: str
+    scheduled_for: datetime | None
+    outcome: str = "running"
+    error: str | None = None
 
 
 _RUN_COLUMNS = "id, trigger, scheduled_for, started_at, ended_at, outcome, error"
@@ -100,22 +109,29 @@ class RunStore:
 
     # -- runs -----------------------------------------------------------------------------
 
-    async def interrupt_running(self, at: datetime, reason: str) -> int:
-        """Close the runs and attempts a stopped scheduler left open; returns how many runs."""
+    async def interrupt_running(self, at: datetime, reason: str) -> list[tuple[str, RunSummary]]:
+        """Close the runs and attempts a stopped scheduler left open; returns (task id, run) of each."""
         stamp = utc_iso(at)
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn: sqlite3.Connection) -> list[tuple[str, RunSummary]]:
             with transaction(conn):
+                rows = conn.execute(
+                    f"SELECT task_id, {_RUN_COLUMNS} FROM runs WHERE outcome = 'running'"
+                ).fetchall()
                 conn.execute(
                     "UPDATE attempts SET outcome = 'failed', ended_at = ?, error = ?"
                     " WHERE outcome = 'running'",
                     (stamp, reason),
                 )
-                return conn.execute(
+                conn.execute(
                     "UPDATE runs SET outcome = 'interrupted', ended_at = ?, error = ?"
                     " WHERE outcome = 'running'",
                     (stamp, reason),
-                ).rowcount
+                )
+            return [
+                (row[0], RunSummary(row[1], row[2], row[3], row[4], stamp, "interrupted", reason))
+                for row in rows
+            ]
 
         return await self.db.run(write)
 
@@ -161,15 +177,31 @@ class RunStore:
         run_id = await self.db.run(write)
         return RunSummary(run_id, *values[1:])
 
-    async def add_missed(
-        self, task_id: str, fire_times: list[datetime], at: datetime, reason: str
-    ) -> list[RunSummary]:
+    async def record_fire(
+        self,
+        task_id: str,
+        *,
+        missed: list[datetime],
+        missed_reason: str,
+        next_run: datetime | None,
+        new_run: NewRun | None,
+        at: datetime,
+    ) -> tuple[list[RunSummary], RunSummary | None]:
+        """In one transaction: the missed fire times, the task's next planned run, and a new run."""
         stamp = utc_iso(at)
-        rows = [("schedule", utc_iso(when), stamp, stamp, "missed", reason) for when in fire_times]
+        missed_rows = [("schedule", utc_iso(when), stamp, stamp, "missed", missed_reason) for when in missed]
+        new_row = None
+        if new_run is not None:
+            ended = None if new_run.outcome == "running" else stamp
+            scheduled = _iso(new_run.scheduled_for)
+            new_row = (new_run.trigger, scheduled, stamp, ended, new_run.outcome, new_run.error)
 
-        def write(conn: sqlite3.Connection) -> list[RunSummary]:
+        def write(conn: sqlite3.Connection) -> tuple[list[RunSummary], RunSummary | None]:
             with transaction(conn):
-                return [RunSummary(_insert_run(conn, task_id, row), *row) for row in rows]
+                runs = [RunSummary(_insert_run(conn, task_id, row), *row) for row in missed_rows]
+                conn.execute("UPDATE tasks SET next_run = ? WHERE id = ?", (_iso(next_run), task_id))
+                run = RunSummary(_insert_run(conn, task_id, new_row), *new_row) if new_row else None
+            return runs, run
 
         return await self.db.run(write)
 

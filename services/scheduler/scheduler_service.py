@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import graphlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import takewhile
 from typing import Any
@@ -36,9 +36,9 @@ from services.base.events import EventType
 from services.base.logs import trace_var
 from services.base.rpc import rpc_method
 from services.base.rpc.client import RpcClient
-from services.base.service import BaseService, Check
+from services.base.service import BaseService, Check, ServiceState
 from services.scheduler.config import SchedulerConfig, check_task_set
-from services.scheduler.history import RAN, RunStore, RunSummary, consecutive_failures
+from services.scheduler.history import FAILURES, RAN, NewRun, RunStore, RunSummary, consecutive_failures
 from services.scheduler.schema import MIGRATIONS
 from services.scheduler.tasks import Task, parse_task
 
@@ -48,6 +48,7 @@ log = logging.getLogger("services.scheduler")
 FAILING_AFTER = 3
 MAX_HISTORY_LIMIT = 1000
 STOPPED_DURING_RUN = "the scheduler stopped during this run"
+SKIPPED = "the previous run of this task was still going"
 
 
 @dataclass(slots=True)
@@ -60,11 +61,6 @@ class Entry:
     last_run: RunSummary | None = None  # the newest run of any outcome
     last_ran: RunSummary | None = None  # the newest run that tried (succeeded, failed, blocked, ...)
     consecutive_failures: int = 0
-    running: asyncio.Task[RunSummary] | None = None
-
-    @property
-    def is_running(self) -> bool:
-        return self.running is not None and not self.running.done()
 
 
 class SchedulerService(BaseService):
@@ -77,13 +73,17 @@ class SchedulerService(BaseService):
         self.calendar = calendar or AsxCalendar()
         self.entries: dict[str, Entry] = {}
         self._clients: dict[str, RpcClient] = {}
-        self._runs: set[asyncio.Task[RunSummary]] = set()  # every run in flight, unscheduled tasks' too
+        # Task id -> a future that completes when its run ends. Taken before the first await of a
+        # launch, so one task never has two runs at once, whatever interleaves.
+        self._claims: dict[str, asyncio.Future[None]] = {}
+        self._runs: set[asyncio.Task[RunSummary]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         # What the loop and the runs are waiting for, so ``idle`` can tell a replay when to step.
         self._loop_waiting = False
         self._loop_wakes_at: datetime | None = None
         self._backoffs: list[datetime] = []  # wake times of runs sleeping between attempts
-        self._waiting_on: dict[str, Entry] = {}  # run's task id -> the dependency it waits for
+        self._waiting_on: dict[int, asyncio.Future[None]] = {}  # run id -> its dependency's claim
         self._pruned_on: date | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -95,7 +95,7 @@ class SchedulerService(BaseService):
         now = self.clock.now()
         interrupted = await self.store.interrupt_running(now, STOPPED_DURING_RUN)
         if interrupted:
-            log.warning("%d run(s) were cut short when the scheduler last stopped", interrupted)
+            log.warning("%d run(s) were cut short when the scheduler last stopped", len(interrupted))
         planned = await self._load_tasks(now)
         recent = await self.store.recent(list(self.entries))
         for task_id, entry in self.entries.items():
@@ -103,7 +103,7 @@ class SchedulerService(BaseService):
             entry.last_run = runs[0] if runs else None
             entry.last_ran = next((run for run in runs if run.outcome in RAN), None)
             entry.consecutive_failures = consecutive_failures(runs)
-        self.spawn(self._run_loop(planned), name="loop")
+        self._loop_task = self.spawn(self._run_loop(planned, interrupted), name="loop")
 
     async def _load_tasks(self, now: datetime) -> dict[str, datetime]:
         """Build the task set from config and the stored changes; returns the stored next runs."""
@@ -128,17 +128,37 @@ class SchedulerService(BaseService):
                     )
         gone = [r.id for r in rows.values() if r.origin != "rpc" and not r.removed and r.id not in configured]
         await self.store.forget_tasks(gone)
-        try:
-            check_task_set(entry.task for entry in self.entries.values())
-        except InvalidParams as exc:  # the dependent's runs will say so each time they are blocked
-            log.error("task set: %s", exc.message)
-        return {
-            row.id: datetime.fromisoformat(row.next_run)
-            for row in rows.values()
-            if row.next_run is not None and row.id in self.entries
-        }
+        self._drop_cycles()
+        planned = {}
+        for row in rows.values():
+            entry = self.entries.get(row.id)
+            if entry is None or row.next_run is None:
+                continue
+            since = datetime.fromisoformat(row.next_run)
+            # A time the task's schedule no longer has (its definition changed) is not a misfire.
+            if entry.task.next_fire(self.calendar, since - timedelta(microseconds=1)) == since:
+                planned[row.id] = since
+        return planned
+
+    def _drop_cycles(self) -> None:
+        """Leave out tasks whose dependencies loop back to them (stored RPC tasks plus config can)."""
+        while True:
+            graph = {i: [d for d in e.task.depends_on if d in self.entries] for i, e in self.entries.items()}
+            try:
+                graphlib.TopologicalSorter(graph).prepare()
+                return
+            except graphlib.CycleError as exc:
+                cycle = exc.args[1]
+                log.error(
+                    "tasks %s depend on each other in a cycle; they are not scheduled", " -> ".join(cycle)
+                )
+                for task_id in cycle:
+                    self.entries.pop(task_id, None)
 
     async def _stop(self) -> None:
+        if self._loop_task is not None:  # first, so no new run starts
+            self._loop_task.cancel()
+            await asyncio.wait([self._loop_task])
         running = list(self._runs)
         for run in running:
             run.cancel()
@@ -149,7 +169,14 @@ class SchedulerService(BaseService):
 
     # -- the loop -------------------------------------------------------------------------
 
-    async def _run_loop(self, planned: dict[str, datetime]) -> None:
+    async def _run_loop(
+        self, planned: dict[str, datetime], interrupted: list[tuple[str, RunSummary]]
+    ) -> None:
+        # Catch up once start-up is over, so the events it publishes find the bus connected.
+        while self.state is ServiceState.STARTING:
+            await asyncio.sleep(0.01)
+        for task_id, run in interrupted:
+            await self._publish_outcome(task_id, run)
         await self._catch_up(planned)
         while True:
             self._changed.clear()
@@ -191,41 +218,62 @@ class SchedulerService(BaseService):
     def idle(self) -> bool:
         """Everything is waiting for a later time on the clock: what a replay waits for before stepping."""
         now = self.clock.now()
-        running = sum(1 for run in self._runs if not run.done())
+        running = sum(1 for claim in self._claims.values() if not claim.done())
+        waiting = len(self._backoffs) + sum(1 for claim in self._waiting_on.values() if not claim.done())
         return (
             self._loop_waiting
             and not self._changed.is_set()
             and (self._loop_wakes_at is None or self._loop_wakes_at > now)
             and all(wake > now for wake in self._backoffs)
-            and running == len(self._backoffs) + sum(1 for e in self._waiting_on.values() if e.is_running)
+            and running == waiting
         )
 
     async def _fire_due(self, entry: Entry, now: datetime, *, trigger: str) -> None:
-        """Handle the fire times of ``entry`` up to ``now``: run the latest if on time, record misses."""
+        """Handle the fire times of ``entry`` up to ``now``: run the latest if on time, record misses.
+
+        The missed runs, the next planned time and the new run are written in one transaction, so
+        a crash in between neither loses a fire time nor records one twice.
+        """
         assert entry.next_run is not None
         task = entry.task
         due = [entry.next_run, *takewhile(lambda t: t <= now, task.fire_times(self.calendar, entry.next_run))]
         latest = due[-1]
         on_time = (now - latest).total_seconds() <= task.misfire_grace_s
-        missed = due[:-1] if on_time else due
-        if missed:
-            await self._record_missed(entry, missed, now)
-        await self._plan(entry, now)
+        missed = (due[:-1] if on_time else due)[-self.config.max_missed_records :]
+        next_run = task.next_fire(self.calendar, now)
+        claim = self._claim(task.id) if on_time else None
+        start = None
         if on_time:
-            await self._launch(entry, trigger if latest < now else "schedule", latest)
-
-    async def _record_missed(self, entry: Entry, missed: list[datetime], now: datetime) -> None:
-        kept = missed[-self.config.max_missed_records :]
-        grace = entry.task.misfire_grace_s
+            outcome, error = ("running", None) if claim is not None else ("skipped", SKIPPED)
+            start = NewRun(trigger if latest < now else "schedule", latest, outcome, error)
+        grace = task.misfire_grace_s
         reason = f"not run: the scheduler was down or asleep at this time and for {grace:g}s after it"
-        log.warning(
-            "task %s missed %d fire time(s), %s to %s",
-            entry.task.id, len(missed), utc_iso(missed[0]), utc_iso(missed[-1]),
-        )  # fmt: skip
-        runs = await self.store.add_missed(entry.task.id, kept, now, reason)
-        entry.last_run = runs[-1]
-        for run in runs:
-            await self._publish_outcome(entry, run)
+        try:
+            missed_runs, run = await self.store.record_fire(
+                task.id, missed=missed, missed_reason=reason, next_run=next_run, new_run=start, at=now
+            )
+        except BaseException:
+            if claim is not None:
+                claim.set_result(None)
+            raise
+        entry.next_run = next_run
+        if missed_runs:
+            log.warning(
+                "task %s missed %d fire time(s), up to %s",
+                task.id,
+                len(due) - bool(on_time),
+                utc_iso(missed[-1]),
+            )
+            entry.last_run = missed_runs[-1]
+            for missed_run in missed_runs:
+                await self._publish_outcome(task.id, missed_run)
+        if run is None:
+            return
+        entry.last_run = run
+        if claim is None:
+            await self._publish_outcome(task.id, run)
+        else:
+            self._start_run(task, run, claim, force=False)
 
     async def _plan(self, entry: Entry, now: datetime) -> None:
         entry.next_run = entry.task.next_fire(self.calendar, now)
@@ -243,79 +291,96 @@ class SchedulerService(BaseService):
     def _in_dependency_order(self, entries: list[Entry]) -> list[Entry]:
         by_id = {entry.task.id: entry for entry in entries}
         graph = {task_id: [d for d in e.task.depends_on if d in by_id] for task_id, e in by_id.items()}
-        try:
-            order = list(graphlib.TopologicalSorter(graph).static_order())
-        except graphlib.CycleError:
-            order = list(by_id)
+        order = graphlib.TopologicalSorter(graph).static_order()  # cycles were refused or dropped
         return [by_id[task_id] for task_id in order]
 
     # -- runs -----------------------------------------------------------------------------
 
-    async def _launch(
-        self, entry: Entry, trigger: str, scheduled_for: datetime | None, *, force: bool = False
-    ) -> asyncio.Task[RunSummary] | None:
-        """Record a run and start it; a run still going from before makes this one ``skipped``."""
-        now = self.clock.now()
-        task = entry.task
-        if entry.is_running:
-            assert entry.running is not None
-            reason = "the previous run of this task was still going"
-            skipped = await self.store.add_run(
-                task.id, trigger=trigger, scheduled_for=scheduled_for, started_at=now,
-                outcome="skipped", error=reason,
-            )  # fmt: skip
-            entry.last_run = skipped
-            await self._publish_outcome(entry, skipped)
-            return None
-        run = await self.store.add_run(task.id, trigger=trigger, scheduled_for=scheduled_for, started_at=now)
-        entry.last_run = run
-        entry.running = asyncio.create_task(self._execute(entry, task, run, force), name=f"run:{task.id}")
-        self._runs.add(entry.running)
-        entry.running.add_done_callback(self._runs.discard)
-        return entry.running
+    def _is_running(self, task_id: str) -> bool:
+        claim = self._claims.get(task_id)
+        return claim is not None and not claim.done()
 
-    async def _execute(self, entry: Entry, task: Task, run: RunSummary, force: bool) -> RunSummary:
+    def _claim(self, task_id: str) -> asyncio.Future[None] | None:
+        """Reserve ``task_id`` for one run; None when a run of it is already going."""
+        if self._is_running(task_id):
+            return None
+        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._claims[task_id] = claim
+
+        def release(done: asyncio.Future[None]) -> None:
+            if self._claims.get(task_id) is done:
+                del self._claims[task_id]
+
+        claim.add_done_callback(release)
+        return claim
+
+    def _start_run(
+        self, task: Task, run: RunSummary, claim: asyncio.Future[None], *, force: bool
+    ) -> asyncio.Task[RunSummary]:
+        running = asyncio.create_task(self._execute(task, run, force), name=f"run:{task.id}")
+        self._runs.add(running)
+
+        def finished(done: asyncio.Task[RunSummary]) -> None:
+            self._runs.discard(done)
+            if not claim.done():
+                claim.set_result(None)
+
+        running.add_done_callback(finished)
+        return running
+
+    async def _execute(self, task: Task, run: RunSummary, force: bool) -> RunSummary:
         trace_var.set(f"task-{task.id}-{run.id}")
+        outcome: str
+        error: str | None
         try:
-            blocked = None if force else await self._unmet_dependency(task)
-            outcome: str
-            error: str | None
+            blocked = None if force else await self._unmet_dependency(task, run)
             if blocked is not None:
                 outcome, error, result = "blocked", blocked, None
             else:
                 outcome, error, result = await self._attempts(task, run)
         except asyncio.CancelledError:
             finished = await self.store.interrupt_run(run, self.clock.now(), STOPPED_DURING_RUN)
-            entry.last_run = entry.last_ran = finished
+            self._remember(task.id, finished)
+            await self._publish_outcome(task.id, finished)
             raise
         except Exception as exc:  # a fault of the scheduler's own: the run must not stay "running"
             log.exception("task %s: run %d failed inside the scheduler", task.id, run.id)
             outcome, error, result = "failed", f"internal error in the scheduler: {exc}", None
         finished = await self.store.finish_run(run, self.clock.now(), outcome, error, result)
-        entry.last_run = entry.last_ran = finished
-        entry.consecutive_failures = 0 if outcome == "succeeded" else entry.consecutive_failures + 1
+        self._remember(task.id, finished)
         self.stats.incr(f"runs.{outcome}")
         log.log(
             logging.INFO if outcome == "succeeded" else logging.WARNING,
             "task %s %s%s", task.id, outcome, f": {error}" if error else "",
             extra={"task": task.id, "run": run.id, "outcome": outcome},
         )  # fmt: skip
-        await self._publish_outcome(entry, finished)
+        await self._publish_outcome(task.id, finished)
         return finished
 
-    async def _unmet_dependency(self, task: Task) -> str | None:
+    def _remember(self, task_id: str, run: RunSummary) -> None:
+        """Record a finished run on the task as it is scheduled now (it may have been replaced)."""
+        entry = self.entries.get(task_id)
+        if entry is None:
+            return
+        entry.last_run = entry.last_ran = run
+        if run.outcome == "succeeded":
+            entry.consecutive_failures = 0
+        elif run.outcome in FAILURES:
+            entry.consecutive_failures += 1
+
+    async def _unmet_dependency(self, task: Task, run: RunSummary) -> str | None:
         """Why ``task`` may not run now, or None: each dependency's latest run today succeeded."""
         for dependency in task.depends_on:
             other = self.entries.get(dependency)
             if other is None:
                 return f"depends on {dependency!r}, which is not scheduled"
-            if other.is_running:  # due at the same time: wait for it, retries included
-                assert other.running is not None
-                self._waiting_on[task.id] = other
+            claim = self._claims.get(dependency)
+            if claim is not None and not claim.done():  # due at the same time: wait, retries included
+                self._waiting_on[run.id] = claim
                 try:
-                    await asyncio.wait([other.running])
+                    await asyncio.wait([claim])
                 finally:
-                    del self._waiting_on[task.id]
+                    del self._waiting_on[run.id]
             today = self.clock.now().astimezone(SYDNEY).date()
             last = other.last_ran
             if last is None or datetime.fromisoformat(last.started_at).astimezone(SYDNEY).date() != today:
@@ -364,15 +429,14 @@ class SchedulerService(BaseService):
             task.method, dict(task.params), timeout=task.timeout_s, idempotent=False, trace=trace_var.get()
         )
 
-    async def _publish_outcome(self, entry: Entry, run: RunSummary) -> None:
-        task = entry.task
-        data = {
-            "task_id": task.id,
-            "service": task.service,
-            "method": task.method,
-            **run.to_wire(),
-            "consecutive_failures": entry.consecutive_failures,
-        }
+    async def _publish_outcome(self, task_id: str, run: RunSummary) -> None:
+        entry = self.entries.get(task_id)
+        data: dict[str, Any] = {"task_id": task_id, **run.to_wire()}
+        if entry is not None:
+            task = entry.task
+            data.update(
+                service=task.service, method=task.method, consecutive_failures=entry.consecutive_failures
+            )
         kind = EventType.TASK_COMPLETED if run.outcome == "succeeded" else EventType.TASK_FAILED
         await self.bus.publish(kind, data, trace=trace_var.get())
 
@@ -404,9 +468,11 @@ class SchedulerService(BaseService):
         check_task_set([*others, task], where="config")
         now = self.clock.now()
         await self.store.save_task(task.to_wire(), "rpc", now)
-        previous = self.entries.get(task.id)
-        entry = replace(previous, task=task, origin="rpc") if previous is not None else Entry(task, "rpc")
-        self.entries[task.id] = entry
+        entry = self.entries.get(task.id)
+        if entry is None:
+            entry = self.entries[task.id] = Entry(task, "rpc")
+        else:  # changed in place: a run in progress reports to the same entry
+            entry.task, entry.origin = task, "rpc"
         await self._plan(entry, now)
         self._changed.set()
         log.info("scheduled task %s: %s.%s, %s", task.id, task.service, task.method, task.schedule.describe())
@@ -434,8 +500,6 @@ class SchedulerService(BaseService):
         """Run a task now, respecting its dependencies and phase unless ``force``; ``wait``: until done."""
         entry = self._entry(task_id)
         now = self.clock.now()
-        if entry.is_running:
-            raise Rejected(f"task {task_id!r} is already running", reason="already_running")
         if not force and not entry.task.allowed_in(self.calendar, now):
             phase = phase_at(self.calendar, now).phase
             allowed = ", ".join(sorted(entry.task.phases))
@@ -444,11 +508,18 @@ class SchedulerService(BaseService):
                 reason="phase",
                 phase=str(phase),
             )
-        running = await self._launch(entry, "manual", None, force=force)
-        assert running is not None
+        claim = self._claim(task_id)
+        if claim is None:
+            raise Rejected(f"task {task_id!r} is already running", reason="already_running")
+        try:
+            run = await self.store.add_run(task_id, trigger="manual", scheduled_for=None, started_at=now)
+        except BaseException:
+            claim.set_result(None)
+            raise
+        entry.last_run = run
+        running = self._start_run(entry.task, run, claim, force=force)
         if not wait:
-            assert entry.last_run is not None
-            return {"task_id": task_id, **entry.last_run.to_wire()}
+            return {"task_id": task_id, **run.to_wire()}
         finished = await asyncio.shield(running)  # a caller that gives up leaves the run going
         return {"task_id": task_id, **finished.to_wire()}
 
@@ -478,7 +549,7 @@ class SchedulerService(BaseService):
             "last_run": entry.last_run.to_wire() if entry.last_run else None,
             "last_status": entry.last_run.outcome if entry.last_run else None,
             "consecutive_failures": entry.consecutive_failures,
-            "running": entry.is_running,
+            "running": self._is_running(entry.task.id),
         }
 
     # -- health ---------------------------------------------------------------------------
@@ -498,7 +569,7 @@ class SchedulerService(BaseService):
         first = min(upcoming, key=lambda e: e.next_run or 0) if upcoming else None
         return {
             "task_count": len(self.entries),
-            "running": sorted(e.task.id for e in self.entries.values() if e.is_running),
+            "running": sorted(task_id for task_id in self._claims if self._is_running(task_id)),
             "next_task": first.task.id if first else None,
             "next_run_utc": utc_iso(first.next_run) if first and first.next_run else None,
             "idle": self.idle,

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
-from services.asx.calendar import SYDNEY, AsxCalendar, local_day_end
+from services.asx.calendar import SYDNEY, AsxCalendar
 from services.asx.market_hours import Phase, phase_at, sydney_time
 from services.base.errors import InvalidParams
 
@@ -67,13 +67,16 @@ class Every:
     days: Days = "trading"
 
     def candidates(self, day: date) -> Iterator[datetime]:
-        # Stepped in absolute time, so a daylight-saving change never yields one instant twice.
-        when = sydney_time(day, self.start)
-        end = sydney_time(day, self.until) if self.until is not None else local_day_end(day)
-        step = timedelta(minutes=self.minutes)
-        while when < end:
-            yield when
-            when += step
+        # Stepped in Sydney wall-clock time, like the daily times: the same local times every day.
+        # Times a daylight-saving change skips can land on a later one; each instant comes once.
+        start = self.start.hour * 60 + self.start.minute
+        end = self.until.hour * 60 + self.until.minute if self.until is not None else 24 * 60
+        seen: set[datetime] = set()
+        for minute in range(start, end, self.minutes):
+            when = sydney_time(day, time(minute // 60, minute % 60))
+            if when not in seen:
+                seen.add(when)
+                yield when
 
     def describe(self) -> str:
         until = f" until {self.until:%H:%M}" if self.until is not None else ""

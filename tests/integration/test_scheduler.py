@@ -61,6 +61,8 @@ class Target:
             raise Rejected("not now", reason="test")
         if action == "hang":
             await asyncio.sleep(30)
+        if action == "slow":
+            await asyncio.sleep(0.3)
         return {"service": self.name, "method": method}
 
     @rpc_method
@@ -378,8 +380,9 @@ async def test_run_cut_short_by_a_stop_is_recorded_as_interrupted(harness: Harne
     harness.plans["market_data.refresh_all_data"] = ["fail"]
     await harness.start_scheduler()
     await harness.run_until(local(date(2026, 12, 21), "09:45:10"))  # in the back-off after attempt 1
-    assert harness.scheduler is not None
-    assert harness.scheduler.entries["morning_market_data"].is_running
+    async with harness.client() as client:
+        tasks = {task["id"]: task for task in await client.call("list_tasks")}
+        assert tasks["morning_market_data"]["running"] is True
     await harness.stop_scheduler()
 
     with sqlite3.connect(harness.home.database("scheduler")) as conn:
@@ -516,3 +519,77 @@ async def test_runs_go_on_without_redis_and_health_says_so(harness: Harness) -> 
         with pytest.raises(InvalidParams) as bad:
             await client.call("schedule_task", {"config": "daily at nine"})
         assert bad.value.data["field"] == "config"
+
+
+async def test_one_task_never_runs_twice_at_once(harness: Harness) -> None:
+    harness.plans["prediction.generate_predictions"] = ["slow"]
+    await harness.start_scheduler()
+    async with harness.client() as first, harness.client() as second:
+        outcomes = await asyncio.gather(
+            first.call("execute_task", {"task_id": "evening_analysis", "force": True}),
+            second.call("execute_task", {"task_id": "evening_analysis", "force": True}),
+            return_exceptions=True,
+        )
+    succeeded = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, Rejected)]
+    assert [run["outcome"] for run in succeeded] == ["succeeded"]
+    assert [error.data["reason"] for error in refused] == ["already_running"]
+    assert harness.calls == [("2026-12-20 12:00 AEDT", "prediction.generate_predictions")]
+
+
+async def test_replacing_a_running_task_keeps_its_status_true(harness: Harness) -> None:
+    harness.plans["prediction.generate_predictions"] = ["slow"]
+    await harness.start_scheduler()
+    async with harness.client() as client:
+        started = await client.call(
+            "execute_task", {"task_id": "evening_analysis", "force": True, "wait": False}
+        )
+        assert started["outcome"] == "running"
+        replaced = await client.call(
+            "schedule_task",
+            {"config": {"id": "evening_analysis", "service": "prediction", "method": "generate_predictions",
+                        "schedule": {"at": "17:15"}}},
+        )  # fmt: skip
+        assert replaced["running"] is True
+        await harness.settle()
+        task = next(t for t in await client.call("list_tasks") if t["id"] == "evening_analysis")
+        assert (task["last_status"], task["running"], task["origin"]) == ("succeeded", False, "rpc")
+        assert task["next_run_local"] == "2026-12-21T17:15:00+11:00"
+
+
+async def test_a_changed_schedule_is_not_a_misfire_after_restart(harness: Harness) -> None:
+    await harness.start_scheduler()
+    await harness.run_until(local(date(2026, 12, 21), "09:00"))
+    await harness.stop_scheduler()
+    await harness.clock.advance_to(local(date(2026, 12, 21), "09:35"))
+    config = """
+[scheduler.tasks.morning_analysis]
+service = "prediction"
+method = "generate_predictions"
+schedule = { at = "15:00" }
+"""
+    harness.calls.clear()
+    await harness.start_scheduler(config)  # 09:30 was the old time: neither run nor missed now
+    history = await harness.scheduler.get_task_history("morning_analysis")  # type: ignore[union-attr]
+    assert history["runs"] == []
+    assert ("2026-12-21 09:35 AEDT", "prediction.generate_predictions") not in harness.calls
+    async with harness.client() as client:
+        task = next(t for t in await client.call("list_tasks") if t["id"] == "morning_analysis")
+        assert task["next_run_local"] == "2026-12-21T15:00:00+11:00"
+
+
+async def test_a_fault_inside_the_scheduler_fails_the_run_and_is_not_left_running(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = await harness.start_scheduler()
+
+    async def broken(task: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(scheduler, "_call", broken)
+    async with harness.client() as client:
+        run = await client.call("execute_task", {"task_id": "evening_analysis", "force": True})
+        assert run["outcome"] == "failed"
+        assert run["error"] == "internal error in the scheduler: disk on fire"
+        task = next(t for t in await client.call("list_tasks") if t["id"] == "evening_analysis")
+        assert (task["running"], task["consecutive_failures"]) == (False, 1)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 
+from services.asx.calendar import AsxCalendar
 from services.asx.market_hours import Phase
 from services.base.config import TradingHome
 from services.base.errors import InvalidParams
@@ -31,6 +33,8 @@ async def test_runs_a_real_service_and_keeps_its_history_through_a_kill(
 ) -> None:
     async with RpcClient(scheduler.socket, timeout=20) as client:
         status = await client.call("get_market_status")
+        session_day = AsxCalendar().is_session(date.fromisoformat(status["date"]))
+        assert status["is_trading_day"] is session_day
         assert status["phase"] in {str(phase) for phase in Phase}
         assert status["next_open_local"].endswith(("+10:00", "+11:00"))
         assert status["next_open_utc"].endswith("+00:00")

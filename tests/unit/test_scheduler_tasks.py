@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from itertools import islice
 from typing import Any
 
@@ -162,13 +162,21 @@ def test_every_with_until_and_all_days() -> None:
     ]  # fmt: skip
 
 
-def test_every_n_minutes_across_the_autumn_change_yields_each_instant_once() -> None:
+def test_every_n_minutes_keeps_wall_clock_times_across_both_changes() -> None:
     every = {"schedule": {"every_minutes": 30, "from": "01:00", "until": "04:00", "days": "all"}}
-    times = parse_task(task(**every)).fire_times(CALENDAR, local(date(2027, 4, 3), "12:00"))
-    sunday = [t for t in islice(times, 10) if t.astimezone(SYDNEY).date() == date(2027, 4, 4)]
-    # 01:00 AEDT to 04:00 AEST is four hours of real time: eight half-hours, none twice.
-    assert len(sunday) == len(set(sunday)) == 8
-    assert sunday[-1] - sunday[0] == timedelta(hours=3, minutes=30)
+    assert fires(every, local(date(2027, 4, 3), "12:00"), 6) == [  # 02:00-02:59 happens twice: once each
+        "Sun 04 Apr 01:00 AEDT", "Sun 04 Apr 01:30 AEDT", "Sun 04 Apr 02:00 AEDT",
+        "Sun 04 Apr 02:30 AEDT", "Sun 04 Apr 03:00 AEST", "Sun 04 Apr 03:30 AEST",
+    ]  # fmt: skip
+    assert fires(every, local(date(2026, 10, 3), "12:00"), 5) == [  # 02:00-02:59 does not exist
+        "Sun 04 Oct 01:00 AEST", "Sun 04 Oct 01:30 AEST", "Sun 04 Oct 03:00 AEDT",
+        "Sun 04 Oct 03:30 AEDT", "Mon 05 Oct 01:00 AEDT",
+    ]  # fmt: skip
+    ninety = {"schedule": {"every_minutes": 90, "days": "all"}}
+    assert fires(ninety, local(date(2026, 10, 4), "02:59"), 2) == [
+        "Sun 04 Oct 04:30 AEDT",
+        "Sun 04 Oct 06:00 AEDT",
+    ]
 
 
 def test_a_phase_no_schedule_can_meet_has_no_next_fire() -> None:
