@@ -79,20 +79,15 @@ class RunStore:
         )
         return {row[0]: TaskRow(row[0], orjson.loads(row[1]), row[2], bool(row[3]), row[4]) for row in rows}
 
-    async def save_task(self, definition: dict[str, Any], origin: str, at: datetime) -> None:
-        """Store a task as active (clearing an earlier removal); its planned next run is kept."""
-        args = (definition["id"], orjson.dumps(definition).decode(), origin, utc_iso(at))
-
-        def write(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.execute(
-                    "INSERT INTO tasks (id, definition, origin, removed, updated_at) VALUES (?, ?, ?, 0, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET definition = excluded.definition,"
-                    " origin = excluded.origin, removed = 0, updated_at = excluded.updated_at",
-                    args,
-                )
-
-        await self.db.run(write)
+    async def save_tasks(self, definitions: list[tuple[dict[str, Any], str]], at: datetime) -> None:
+        """Store (definition, origin) pairs as active tasks, clearing earlier removals; planned runs kept."""
+        stamp = utc_iso(at)
+        await self._write_many(
+            "INSERT INTO tasks (id, definition, origin, removed, updated_at) VALUES (?, ?, ?, 0, ?)"
+            " ON CONFLICT (id) DO UPDATE SET definition = excluded.definition,"
+            " origin = excluded.origin, removed = 0, updated_at = excluded.updated_at",
+            [(d["id"], orjson.dumps(d).decode(), origin, stamp) for d, origin in definitions],
+        )
 
     async def mark_removed(self, task_id: str, at: datetime) -> None:
         await self._write(
@@ -156,26 +151,15 @@ class RunStore:
             run.id, run.trigger, run.scheduled_for, run.started_at, stamp, "interrupted", reason
         )
 
-    async def add_run(
-        self,
-        task_id: str,
-        *,
-        trigger: str,
-        scheduled_for: datetime | None,
-        started_at: datetime,
-        outcome: str = "running",
-        error: str | None = None,
-    ) -> RunSummary:
-        """Insert a run: one starting now (``running``), or one already settled (missed, skipped)."""
-        ended = None if outcome == "running" else utc_iso(started_at)
-        values = (task_id, trigger, _iso(scheduled_for), utc_iso(started_at), ended, outcome, error)
+    async def start_run(self, task_id: str, *, trigger: str, at: datetime) -> RunSummary:
+        """Insert a run starting now, outside the schedule (``execute_task``)."""
+        values = (trigger, None, utc_iso(at), None, "running", None)
 
         def write(conn: sqlite3.Connection) -> int:
             with transaction(conn):
-                return _insert_run(conn, task_id, values[1:])
+                return _insert_run(conn, task_id, values)
 
-        run_id = await self.db.run(write)
-        return RunSummary(run_id, *values[1:])
+        return RunSummary(await self.db.run(write), *values)
 
     async def record_fire(
         self,

@@ -113,9 +113,8 @@ class SchedulerService(BaseService):
             row = rows.get(task_id)
             if row is not None and (row.removed or row.origin == "rpc"):
                 continue  # a change made over RPC outlives the config until it is changed again
-            origin = "config" if task_id in self.config.tasks else "default"
-            self.entries[task_id] = Entry(task, origin)
-            await self.store.save_task(task.to_wire(), origin, now)
+            self.entries[task_id] = Entry(task, "config" if task_id in self.config.tasks else "default")
+        await self.store.save_tasks([(e.task.to_wire(), e.origin) for e in self.entries.values()], now)
         for row in rows.values():
             if row.origin == "rpc" and not row.removed:
                 try:
@@ -402,7 +401,7 @@ class SchedulerService(BaseService):
             try:
                 result = await self._call(task)
             except TradingError as exc:
-                error = _describe(task, exc)
+                error = _error_text(task, exc)
                 if isinstance(exc, RequestError) or attempt > task.retries:
                     return "failed", error, None
                 await self.store.fail_attempt(run.id, attempt, self.clock.now(), error)
@@ -467,7 +466,7 @@ class SchedulerService(BaseService):
         others = [e.task for task_id, e in self.entries.items() if task_id != task.id]
         check_task_set([*others, task], where="config")
         now = self.clock.now()
-        await self.store.save_task(task.to_wire(), "rpc", now)
+        await self.store.save_tasks([(task.to_wire(), "rpc")], now)
         entry = self.entries.get(task.id)
         if entry is None:
             entry = self.entries[task.id] = Entry(task, "rpc")
@@ -512,7 +511,7 @@ class SchedulerService(BaseService):
         if claim is None:
             raise Rejected(f"task {task_id!r} is already running", reason="already_running")
         try:
-            run = await self.store.add_run(task_id, trigger="manual", scheduled_for=None, started_at=now)
+            run = await self.store.start_run(task_id, trigger="manual", at=now)
         except BaseException:
             claim.set_result(None)
             raise
@@ -577,7 +576,7 @@ class SchedulerService(BaseService):
         }
 
 
-def _describe(task: Task, exc: TradingError) -> str:
+def _error_text(task: Task, exc: TradingError) -> str:
     if isinstance(exc, MethodNotFound):
         return f"{task.service}.{task.method} does not exist: {exc.message}"
     return exc.message

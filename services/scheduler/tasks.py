@@ -38,6 +38,7 @@ DEFAULT_BACKOFF_S = 30.0
 DEFAULT_BACKOFF_MAX_S = 300.0
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MISFIRE_GRACE_S = 600.0
+SEARCH_HORIZON = timedelta(days=400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +122,14 @@ class Task:
         return float(min(self.retry_backoff_s * 2 ** (failed_attempt - 1), self.retry_backoff_max_s))
 
     def fire_times(self, calendar: AsxCalendar, after: datetime) -> Iterator[datetime]:
-        """Every fire time later than ``after``, in order, up to the end of the calendar loaded."""
+        """Every fire time later than ``after``, in order, for a year at most.
+
+        The bound keeps a schedule that can never fire (a phase its times never meet) from
+        scanning the whole calendar on the event loop; such a task has no next run.
+        """
         day = after.astimezone(SYDNEY).date()
-        while day <= calendar.last:
+        last = min(calendar.last, day + SEARCH_HORIZON)
+        while day <= last:
             if self.schedule.days == "all" or calendar.is_session(day):
                 for when in self.schedule.candidates(day):
                     if when > after and self.allowed_in(calendar, when):
