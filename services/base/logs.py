@@ -82,6 +82,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class RootLogRedaction:
+    """A ``SecretSink`` for secrets loaded after logging is set up: hands each one to the redactor
+    of every JSON handler on the root logger."""
+
+    def add(self, value: str) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler.formatter, JsonFormatter):
+                handler.formatter.redactor.add(value)
+
+
 def configure_logging(
     service: str,
     logs_dir: Path | None,
