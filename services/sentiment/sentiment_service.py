@@ -223,7 +223,7 @@ class SentimentService(BaseService):
         cached = self._fresh(MARKET)
         if cached is not None and not force:
             return cached
-        return await self._once(f"result:{MARKET}", lambda: self._compute_market(force=force))
+        return await self._once(f"result:{MARKET}", self._compute_market)
 
     def _fresh(self, scope: str) -> dict[str, Any] | None:
         cached = self._cache.get(scope)
@@ -238,9 +238,10 @@ class SentimentService(BaseService):
         outcomes = await asyncio.gather(self._marketaux_news(symbol), self._rss_news())
         return await self._conclude(symbol, {"symbol": symbol}, [symbol], outcomes)
 
-    async def _compute_market(self, *, force: bool) -> dict[str, Any]:
+    async def _compute_market(self) -> dict[str, Any]:
         symbols = self.config.symbols
-        results = await asyncio.gather(*(self._symbol_result(s, force=force) for s in symbols))
+        # Cached symbol results serve (refresh_sentiment_cache has just recomputed them).
+        results = await asyncio.gather(*(self._symbol_result(s, force=False) for s in symbols))
         outcomes = await asyncio.gather(self._marketaux_market_news(), self._rss_news())
         # A source that just answered for the symbols counts as answering for the market: the
         # market result covers their news.
