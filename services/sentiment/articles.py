@@ -76,10 +76,10 @@ def title_key(title: str) -> str:
 
 def same_story(key_a: str, key_b: str, threshold: float) -> bool:
     """Whether two normalised titles are near-identical (difflib ratio at least ``threshold``)."""
+    if not key_a or not key_b:  # nothing left after normalising (e.g. a non-Latin title)
+        return False
     if key_a == key_b:
         return True
-    if not key_a or not key_b:
-        return False
     matcher = difflib.SequenceMatcher(None, key_a, key_b, autojunk=False)
     # The quick upper bounds skip the full comparison for titles that cannot match.
     return (

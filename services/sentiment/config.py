@@ -75,6 +75,8 @@ class MarketAuxConfig:
     retry_backoff_s: float = 1.0
     # After a 429 without Retry-After, no request for this long.
     rate_limit_backoff_s: float = 60.0
+    # After a failure (unreachable after retries, a server error, an answer it cannot read).
+    failure_backoff_s: float = 300.0
     # After a refused token (401/403), no request for this long.
     auth_failure_backoff_s: float = 3600.0
     # Extra filters for one market-wide request per refresh (empty: none), e.g. countries = "au".

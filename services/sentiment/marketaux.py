@@ -36,6 +36,8 @@ class UsageLedger(Protocol):
 
     async def record_usage(self, provider: str, day: str, calls: int, exhausted: bool) -> None: ...
 
+    async def set_usage(self, provider: str, day: str, calls: int, exhausted: bool) -> None: ...
+
 
 class _Refused(Exception):
     """MarketAux answered with an error status; ``message`` is safe to show (no URL, no token)."""
@@ -117,6 +119,13 @@ class MarketAuxSource:
         self.calls_today += 1
         await self._ledger.record_usage(NAME, self.day, self.calls_today, self.exhausted)
 
+    async def _refund_one(self) -> None:
+        self.calls_today = max(0, self.calls_today - 1)
+        await self._ledger.set_usage(NAME, self.day, self.calls_today, self.exhausted)
+
+    def _backoff_until(self) -> datetime:
+        return self._now() + timedelta(seconds=self.config.failure_backoff_s)
+
     async def _sync_usage(self, headers: httpx.Headers) -> None:
         """Trust the server's count of requests left when it is lower than ours."""
         try:
@@ -184,13 +193,13 @@ class MarketAuxSource:
                 return FetchOutcome(NAME, False, exc.message, requests=self.calls_today - before)
             except httpx.HTTPError as exc:
                 message = f"MarketAux unreachable after {self.config.retries + 1} attempts: {_describe(exc)}"
-                self.health.failed(self._now(), message)
+                self.health.failed(self._now(), message, until=self._backoff_until())
                 return FetchOutcome(NAME, False, message, requests=self.calls_today - before)
             requests = self.calls_today - before
             articles, skipped = _parse_page(body, parse)
             if articles is None:
                 message = "MarketAux answered with something that is not its news format"
-                self.health.failed(self._now(), message)
+                self.health.failed(self._now(), message, until=self._backoff_until())
                 return FetchOutcome(NAME, False, message, requests=requests)
             detail = f"{len(articles)} articles" + (f", {skipped} malformed skipped" if skipped else "")
             self.health.succeeded(self._now(), detail)
@@ -208,6 +217,8 @@ class MarketAuxSource:
                     "/news/all", params={**query, "api_token": self._token.reveal()}
                 )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    await self._refund_one()  # never reached MarketAux
                 if attempt == attempts:
                     raise
                 error = _describe(exc)
@@ -244,7 +255,7 @@ class MarketAuxSource:
             until = now + timedelta(seconds=self.config.auth_failure_backoff_s)
             self.health.failed(now, exc.message, "unauthorized", until)
         else:
-            self.health.failed(now, exc.message)
+            self.health.failed(now, exc.message, until=self._backoff_until())
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -274,7 +285,12 @@ def _refusal(response: httpx.Response) -> _Refused:
 def _parse_page(body: Any, parse: Callable[[Any], Article | None]) -> tuple[list[Article] | None, int]:
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         return None, 0
-    articles = [parse(raw) for raw in body["data"]]
+    articles = []
+    for raw in body["data"]:
+        try:
+            articles.append(parse(raw))
+        except (TypeError, ValueError, AttributeError, OverflowError):  # a field of the wrong shape
+            articles.append(None)
     kept = [article for article in articles if article is not None]
     return kept, len(articles) - len(kept)
 

@@ -11,6 +11,7 @@ stale with its age and the reason; with none stored, a neutral score with zero c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ MAX_TEXT = 20_000
 MAX_NEWS = 200
 # News volume is reported over 24 hours and 7 days whatever the weighting window.
 VOLUME_DAYS = 7
+CURSOR_OVERLAP = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,12 +363,14 @@ class SentimentService(BaseService):
             return FetchOutcome("marketaux", True, f"asked {minutes:.0f} min ago, not asked again yet")
         lookback = now - timedelta(hours=self.config.marketaux.lookback_hours)
         newest = self._marketaux_newest.get(scope) or await self.store.newest_published("marketaux", scope)
-        outcome = await fetch(max(lookback, newest) if newest else lookback)
+        # An hour of overlap: MarketAux indexes some articles after later ones (copies are dropped).
+        since = max(lookback, min(newest, now) - CURSOR_OVERLAP) if newest else lookback
+        outcome = await fetch(since)
         if outcome.answered:
             self._marketaux_answered[scope] = self.clock.now()
             if outcome.articles:
                 # Kept here too: a copy another source stored first is not credited to MarketAux.
-                latest = max(article.published_at for article in outcome.articles)
+                latest = min(max(article.published_at for article in outcome.articles), now)
                 self._marketaux_newest[scope] = max(latest, newest) if newest else latest
             await self._save(outcome.articles)
         return outcome
@@ -383,6 +387,11 @@ class SentimentService(BaseService):
     async def _save(self, articles: list[Article]) -> None:
         if not articles:
             return
+        now = self.clock.now()
+        # A date in the future is a source's mistake: it would outweigh everything and never age.
+        articles = [
+            a if a.published_at <= now else dataclasses.replace(a, published_at=now) for a in articles
+        ]
         scored = await asyncio.to_thread(self._score_all, articles)
         result = await self.store.save(scored, self.clock.now())
         self.stats.incr("articles.new", result.new)

@@ -95,7 +95,9 @@ class NewsStore:
                         VALUES (?, ?, ?, ?, ?, ?)
                         ON CONFLICT (symbol, article_id) DO UPDATE SET
                             relevance = max(relevance, excluded.relevance),
-                            provider_score = coalesce(provider_score, excluded.provider_score)
+                            provider_score = coalesce(provider_score, excluded.provider_score),
+                            highlights = CASE WHEN highlights = '[]'
+                                THEN excluded.highlights ELSE highlights END
                         """,
                         (
                             mention.symbol,
@@ -219,6 +221,18 @@ class NewsStore:
                 )
                 conn.execute(
                     "DELETE FROM api_usage WHERE provider = ? AND day < date(?, '-30 days')", (provider, day)
+                )
+
+        await self.db.run(work)
+
+    async def set_usage(self, provider: str, day: str, calls: int, exhausted: bool) -> None:
+        """Overwrite the day's count (a request that never left is given back)."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO api_usage (provider, day, calls, exhausted) VALUES (?, ?, ?, ?)",
+                    (provider, day, calls, int(exhausted)),
                 )
 
         await self.db.run(work)

@@ -172,9 +172,9 @@ async def test_refresh_respects_the_marketaux_interval_and_reports_sources(stack
         await stack.clock.advance(1800)
         third = await client.call("refresh_sentiment_cache")
         assert third["marketaux_requests"] == 5
-        # The later request starts from the newest article already stored.
+        # The later request starts an hour before the newest article MarketAux gave (22:30).
         cba = [r for r in stack.marketaux.requests if r.get("symbols") == "CBA.AX"]
-        assert cba[-1]["published_after"] == "2026-11-19T22:30:00"
+        assert cba[-1]["published_after"] == "2026-11-19T21:30:00"
 
 
 async def test_without_any_source_the_answer_says_none_and_why(stack: Stack) -> None:

@@ -259,7 +259,8 @@ async def test_server_errors_and_timeouts_are_retried_then_reported_without_the_
     fake.script.append(httpx.ConnectTimeout("timed out"))
     outcome = await source.fetch_symbol("CBA.AX", SINCE)
     assert outcome.answered
-    assert outcome.requests == 3
+    # The 503 counts against the quota; the connect timeout never reached MarketAux and does not.
+    assert outcome.requests == 2
     fake.script.extend(
         httpx.ConnectError(f"cannot reach https://api.marketaux.com/?api_token={TOKEN}") for _ in range(3)
     )
@@ -267,7 +268,11 @@ async def test_server_errors_and_timeouts_are_retried_then_reported_without_the_
     assert not failed.answered
     assert failed.detail == "MarketAux unreachable after 3 attempts: ConnectError"
     assert TOKEN not in str(source.health.to_wire())
-    assert source.calls_today == 6
+    assert source.calls_today == 2  # connection errors are given back
+    assert await store.usage("marketaux", "2026-11-20") == (2, False)
+    # After the failure, no request for failure_backoff_s.
+    assert source.health.blocked_until == NOW + timedelta(seconds=300)
+    assert source.unavailable() is not None
 
 
 async def test_refused_token_and_bad_answers_are_reported(store: NewsStore) -> None:
@@ -399,3 +404,30 @@ async def test_oversized_and_unreachable_feeds_fail_cleanly() -> None:
 def test_feed_config_rejects_non_http_urls() -> None:
     with pytest.raises(ValueError, match="is not an http"):
         RssConfig(feeds=("file:///etc/passwd",))
+
+
+async def test_articles_with_fields_of_the_wrong_shape_are_skipped(store: NewsStore) -> None:
+    fake = FakeMarketAux()
+    bad = [
+        {
+            "url": "https://a.example/1",
+            "title": "CBA one",
+            "published_at": "2026-11-19T00:00:00Z",
+            "entities": 5,
+        },
+        {
+            "url": "https://a.example/2",
+            "title": "CBA two",
+            "published_at": "2026-11-19T00:00:00Z",
+            "entities": [{"symbol": "CBA.AX", "highlights": 3}],
+        },
+        {"url": "https://a.example/3", "title": "CBA three", "published_at": "0001-01-01T00:00:00+05:00"},
+        {"url": "https://a.example/4", "title": "CBA four", "published_at": "2026-11-19T01:00:00Z"},
+    ]
+    fake.script.append(httpx.Response(200, json={"meta": {}, "data": bad}))
+    source = marketaux(store, fake, SimulatedClock(NOW))
+    await source.load_usage()
+    outcome = await source.fetch_symbol("CBA.AX", SINCE)
+    assert outcome.answered
+    assert outcome.detail == "1 articles, 3 malformed skipped"
+    assert outcome.articles[0].title == "CBA four"
