@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -102,7 +103,11 @@ class SentimentService(BaseService):
     async def _start(self) -> None:
         assert self.db is not None
         await self.db.run(lambda conn: migrate(conn, MIGRATIONS))
-        self.store = NewsStore(self.db, title_similarity=self.config.duplicate_title_similarity)
+        self.store = NewsStore(
+            self.db,
+            title_similarity=self.config.duplicate_title_similarity,
+            market_symbol=self.config.market_symbol,
+        )
         # httpx logs every request URL at INFO, and MarketAux's carries the token.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         token = load_secret(
@@ -148,10 +153,13 @@ class SentimentService(BaseService):
 
     async def _prune_daily(self) -> None:
         while True:
-            removed = await self.store.prune(self.clock.now() - timedelta(days=self.config.keep_days))
-            if removed:
-                log.info("pruned %d articles older than %d days", removed, self.config.keep_days)
-                self._articles_stored, self._newest_article = await self.store.summary()
+            try:
+                removed = await self.store.prune(self.clock.now() - timedelta(days=self.config.keep_days))
+                if removed:
+                    log.info("pruned %d articles older than %d days", removed, self.config.keep_days)
+                    self._articles_stored, self._newest_article = await self.store.summary()
+            except sqlite3.Error as exc:  # tried again tomorrow
+                log.error("pruning old articles failed: %s", exc)
             await self.clock.sleep(86400)
 
     # -- RPC ------------------------------------------------------------------------------

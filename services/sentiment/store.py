@@ -59,9 +59,10 @@ _MENTION_COLUMNS = """
 
 
 class NewsStore:
-    def __init__(self, db: Database, *, title_similarity: float) -> None:
+    def __init__(self, db: Database, *, title_similarity: float, market_symbol: str = "^AXJO") -> None:
         self.db = db
         self.title_similarity = title_similarity
+        self.market_symbol = market_symbol
 
     # -- articles ---------------------------------------------------------------------------
 
@@ -125,8 +126,20 @@ class NewsStore:
                 utc_iso(article.published_at + DUPLICATE_WINDOW),
             ),
         )
-        for article_id, other in candidates:
-            if same_story(key, other, self.title_similarity):
+        symbols = [m.symbol for m in article.mentions if m.symbol != self.market_symbol]
+        marks = ",".join("?" * len(symbols))
+        for article_id, other in candidates.fetchall():
+            if not same_story(key, other, self.title_similarity):
+                continue
+            # "ANZ shares gain after upgrade" and "NAB shares gain after upgrade" are two stories: a
+            # similar title about companies is a copy only when it shares one of them.
+            if (
+                not symbols
+                or conn.execute(
+                    f"SELECT 1 FROM mentions WHERE article_id = ? AND symbol IN ({marks})",
+                    (article_id, *symbols),
+                ).fetchone()
+            ):
                 return int(article_id)
         return None
 

@@ -104,17 +104,21 @@ async def test_store_keeps_one_copy_and_merges_mentions(store: NewsStore) -> Non
     items = [
         ScoredArticle(a, 0.5, ("lexicon: record profit",)) for a in (first, same_url, retitled, other_symbol)
     ]
+    other_bank = _copy(first, url="https://abc.net.au/d", mentions=(Mention("NAB.AX", 1.0),))
     result = await store.save(items, NOW)
     assert (result.new, result.duplicates, result.mentions_added) == (1, 3, 1)
+    # The same title about another bank only is another story.
+    assert (await store.save([ScoredArticle(other_bank, 0.5, ())], NOW)).new == 1
     count, newest = await store.summary()
-    assert (count, newest) == (1, published)
+    assert (count, newest) == (2, published)
     rows = await store.mentions_since(["CBA.AX", "^AXJO"], NOW - timedelta(days=7))
     assert sorted(row.symbol for row in rows) == ["CBA.AX", "^AXJO"]
+    assert [item["title"] for item in await store.news("NAB.AX", 10)] == [first.title]
     news = await store.news("CBA.AX", 10)
     assert news[0]["url"] == first.url
     assert news[0]["matches"] == ["lexicon: record profit"]
     # Old articles go, with their mentions.
-    assert await store.prune(NOW) == 1
+    assert await store.prune(NOW) == 2
     assert await store.mentions_since(["CBA.AX", "^AXJO"], NOW - timedelta(days=7)) == []
 
 
