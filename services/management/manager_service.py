@@ -211,6 +211,9 @@ class ManagerService(BaseService):
         self.metrics_seen: dict[str, dict[str, Any]] = {}
         self.boot: asyncio.Task[StartResult] | None = None
         self._changes: asyncio.Queue[StateChange] = asyncio.Queue()
+        # The sampler and the start RPC both sample; one at a time, so CPU figures cover a real
+        # interval and an older sample never replaces a newer one.
+        self._sampling = asyncio.Lock()
         self._exporter: Exporter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -309,10 +312,17 @@ class ManagerService(BaseService):
 
     async def _sample_loop(self) -> None:
         while True:
-            await self._sample_once()
+            try:
+                await self._sample_once()
+            except Exception:  # one bad sample must not end sampling for the manager's life
+                log.exception("sampling failed")
             await asyncio.sleep(self.config.sample_interval_s)
 
     async def _sample_once(self) -> None:
+        async with self._sampling:
+            await self._sample_locked()
+
+    async def _sample_locked(self) -> None:
         pids = {child.name: child.pid for child in self.supervisor.children.values() if child.pid}
         pids[self.name] = os.getpid()
         self.samples = await asyncio.to_thread(self._sample_pids, pids)

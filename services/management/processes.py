@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ class ProcessControl(Protocol):
 
     def find_managed(self) -> list[FoundProcess]: ...
 
-    def sample(self, pid: int, *, children: bool = True) -> Sample | None: ...
+    def sample(self, pid: int, *, children: bool = True) -> Sample | None:
+        """Memory and CPU figures; None if the process is gone. Called from worker threads."""
+        ...
 
 
 class _Handle:
@@ -147,7 +150,11 @@ class OsProcessControl:
 
     def __init__(self, home: Path) -> None:
         self.home = home
+        # psutil.Process objects kept between samples: cpu_percent measures since the last call.
         self._sampled: dict[int, psutil.Process] = {}
+        # sample() runs in worker threads (the manager's sampler and its RPCs may overlap); the
+        # cache and each Process's CPU baseline are not safe to share between threads.
+        self._sample_lock = threading.Lock()
 
     def environment(self, name: str) -> dict[str, str]:
         env = SMALL_DAEMON_ENV | dict(os.environ)
@@ -227,11 +234,19 @@ class OsProcessControl:
         return found
 
     def sample(self, pid: int, *, children: bool = True) -> Sample | None:
-        """Memory (RSS, and PSS where the OS has it) and CPU of a process (and its children)."""
-        process = self._sampled.get(pid)
-        if process is None:
-            process = self._sampled[pid] = psutil.Process(pid)
+        """Memory (RSS, and PSS where the OS has it) and CPU of a process (and its children).
+
+        None when the process is gone (it may end between the caller choosing it and this call).
+        Safe to call from several threads at once.
+        """
+        with self._sample_lock:
+            return self._sample(pid, children=children)
+
+    def _sample(self, pid: int, *, children: bool) -> Sample | None:
         try:
+            process = self._sampled.get(pid)
+            if process is None:
+                process = self._sampled[pid] = psutil.Process(pid)
             family = [process, *(process.children(recursive=True) if children else [])]
         except psutil.Error:
             self._sampled.pop(pid, None)
