@@ -131,7 +131,7 @@ class AliasMatcher:
 
 
 def _alternation(names: list[str]) -> str:
-    # Longest first, so "ASX 200" wins over "ASX"; lookarounds instead of \b, which would need a
-    # word character at each end of the alias ("S&P/ASX 200" starts with one but "ASX 200 " may not).
+    # Longest first, so "ASX 200" wins over "ASX". Lookarounds rather than \b: \b only works next to
+    # a word character, and an alias may begin or end with another ("S&P/ASX 200", "A.N.Z.").
     escaped = sorted((re.escape(name.strip()) for name in names), key=len, reverse=True)
     return r"(?<!\w)(?:" + "|".join(escaped) + r")(?!\w)"

@@ -146,8 +146,11 @@ class SentimentService(BaseService):
         self.spawn(self._prune_daily(), name="sentiment:prune")
 
     async def _stop(self) -> None:
-        for task in self._in_flight.values():
+        in_flight = list(self._in_flight.values())
+        for task in in_flight:
             task.cancel()
+        # Their last database writes finish before the clients close under them.
+        await asyncio.gather(*in_flight, return_exceptions=True)
         await self.marketaux.aclose()
         await self.rss.aclose()
 
@@ -209,11 +212,12 @@ class SentimentService(BaseService):
         return {"symbol": scope, "count": len(articles), "articles": articles}
 
     @rpc_method(idempotent=True)
-    def score_text(self, text: str) -> dict[str, Any]:
+    async def score_text(self, text: str) -> dict[str, Any]:
         """Our scorer on ``text``: score -1..1, label, plain VADER's score and the rules that fired."""
         if len(text) > MAX_TEXT:
             raise InvalidParams(f"text is longer than {MAX_TEXT} characters", field="text")
-        scored = self.scorer.score(text)
+        # On a worker thread: a long text takes tens of milliseconds, which other calls would wait.
+        scored = await asyncio.to_thread(self.scorer.score, text)
         return {
             "score": scored.score,
             "label": scored.label,
@@ -282,17 +286,7 @@ class SentimentService(BaseService):
         reason = None
         if summary["article_count"] == 0:
             reason = f"no articles in the last {self.config.window_days} days"
-        payload = {
-            **head,
-            **summary,
-            "source": "+".join(answered),
-            "sources": details,
-            "computed_at": utc_iso(now),
-            "stale": False,
-            "age_s": 0.0,
-            "cached": False,
-            "reason": reason,
-        }
+        payload = self._payload(head, summary, "+".join(answered), details, now, reason)
         self._cache[scope] = self._last[scope] = Cached(now, payload)
         await self.store.save_result(scope, now, payload)
         await self.bus.publish(
@@ -312,16 +306,23 @@ class SentimentService(BaseService):
         if last is not None:
             age = (now - last.computed_at).total_seconds()
             return {**last.payload, "stale": True, "age_s": round(age, 3), "cached": False, "reason": reason}
+        # No articles: the same zero score and confidence as an empty window, from the one summary.
+        nothing = summarize([], now, self.weighting, self.scorer.label_for)
+        return self._payload(head, nothing, "none", details, now, reason)
+
+    def _payload(
+        self,
+        head: dict[str, Any],
+        summary: dict[str, Any],
+        source: str,
+        details: dict[str, str],
+        now: datetime,
+        reason: str | None,
+    ) -> dict[str, Any]:
         return {
             **head,
-            "score": 0.0,
-            "label": "neutral",
-            "confidence": 0.0,
-            "article_count": 0,
-            "news_volume": {"24h": 0, "7d": 0},
-            "top_positive": [],
-            "top_negative": [],
-            "source": "none",
+            **summary,
+            "source": source,
             "sources": details,
             "computed_at": utc_iso(now),
             "stale": False,
@@ -401,10 +402,14 @@ class SentimentService(BaseService):
             a if a.published_at <= now else dataclasses.replace(a, published_at=now) for a in articles
         ]
         scored = await asyncio.to_thread(self._score_all, articles)
-        result = await self.store.save(scored, self.clock.now())
+        result = await self.store.save(scored, now)
         self.stats.incr("articles.new", result.new)
         self.stats.incr("articles.duplicate", result.duplicates)
-        self._articles_stored, self._newest_article = await self.store.summary()
+        self._articles_stored += result.new
+        if result.newest is not None and (
+            self._newest_article is None or result.newest > self._newest_article
+        ):
+            self._newest_article = result.newest
 
     def _score_all(self, articles: list[Article]) -> list[ScoredArticle]:
         scored = []

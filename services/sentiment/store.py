@@ -34,6 +34,7 @@ class SaveResult:
     new: int
     duplicates: int
     mentions_added: int
+    newest: datetime | None  # the latest publication time among the new articles
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class NewsStore:
 
     def _save(self, conn: sqlite3.Connection, items: Sequence[ScoredArticle], fetched_at: str) -> SaveResult:
         new = duplicates = added = 0
+        newest: datetime | None = None
         with transaction(conn):
             for item in items:
                 article = item.article
@@ -79,6 +81,8 @@ class NewsStore:
                 if existing is None:
                     article_id = _insert_article(conn, item, fetched_at)
                     new += 1
+                    if newest is None or article.published_at > newest:
+                        newest = article.published_at
                 else:
                     article_id = existing
                     duplicates += 1
@@ -112,7 +116,7 @@ class NewsStore:
                     if existing is not None and mention.symbol not in known:
                         added += 1
                         known.add(mention.symbol)
-        return SaveResult(new, duplicates, added)
+        return SaveResult(new, duplicates, added, newest)
 
     def _find_copy(self, conn: sqlite3.Connection, article: Article) -> int | None:
         row = conn.execute("SELECT id FROM articles WHERE url_key = ?", (url_key(article.url),)).fetchone()
