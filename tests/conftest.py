@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -101,10 +102,19 @@ class ServiceProcess:
                 raise AssertionError(
                     f"service exited with {self.process.returncode}: {self.log.read_text()[-2000:]}"
                 )
-            if self.socket.exists():
+            if self._accepts_connections():
                 return
             time.sleep(0.02)
         raise AssertionError(f"service did not open {self.socket} within {timeout}s")
+
+    def _accepts_connections(self) -> bool:
+        # A socket file alone proves nothing: a killed process leaves its file behind.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -62,7 +62,6 @@ async def test_runs_a_real_service_and_keeps_its_history_through_a_kill(
 
     scheduler.process.send_signal(signal.SIGKILL)
     scheduler.process.wait()
-    scheduler.socket.unlink()  # left by the killed process; wait_ready waits for the new one
     restarted = ServiceProcess(home, name="scheduler", module="services.scheduler", REDIS_URL=redis.url)
     restarted.wait_ready()
     try:
