@@ -44,6 +44,7 @@ RECONNECT_FIRST_S = 0.1
 class EventType(StrEnum):
     MARKET_DATA_UPDATED = "market_data_updated"
     SENTIMENT_UPDATED = "sentiment_updated"
+    ML_MODEL_UPDATE = "ml_model_update"
     PREDICTION_GENERATED = "prediction_generated"
     BUY_RATE_ALERT = "buy_rate_alert"
     TRADE_EXECUTED = "trade_executed"

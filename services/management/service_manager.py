@@ -40,6 +40,7 @@ from services.management.manager_service import (
 from services.management.processes import PROJECT_ROOT, SMALL_DAEMON_ENV, OsProcessControl
 from services.management.states import ProcessState
 from services.management.wire import StackStatus, StartResult
+from services.ml_model.arguments import add_arguments as add_training_arguments
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -303,6 +304,12 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from services.ml_model.train import train
+
+    return train(settings, args)
+
+
 def cmd_install_systemd(settings: Settings, args: argparse.Namespace) -> int:
     tradingctl = shutil.which("tradingctl") or str(Path(sys.executable).with_name("tradingctl"))
     text = systemd.unit_text(
@@ -406,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     call_.add_argument("method")
     call_.add_argument("params", nargs="?", help="a JSON object of named parameters")
     call_.add_argument("--timeout", type=float, default=30.0)
+    train = command("train", cmd_train, "train, evaluate walk-forward and register the ML models")
+    add_training_arguments(train)
     command("backup", cmd_backup, "copy every service database into backups/YYYY-MM-DD (14 days kept)")
     install = command("install-systemd", cmd_install_systemd, "write a systemd unit for this machine")
     install.add_argument("--user", action="store_true", help="a user unit (no root needed)")

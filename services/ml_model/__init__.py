@@ -1,0 +1,1 @@
+"""The ML model service: features, walk-forward training, a model registry and ensemble predictions."""
