@@ -52,13 +52,10 @@ def median_seconds(work: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
-async def median_seconds_async(work: Callable[[], Awaitable[object]], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        await work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+async def seconds_async(work: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    await work()
+    return time.perf_counter() - start
 
 
 def train(root: Path) -> tuple[MlModelConfig, np.ndarray]:
@@ -110,13 +107,18 @@ async def main(symbols: int, rounds: int) -> None:
                 return np.mean([probability_up(model, chosen) for model in models], axis=0)
 
             async with RpcClient(home.socket_path("ml_model"), timeout=60) as client:
-                answer = await client.call("get_ensemble_predictions", {"items": items})
+                payload = {"items": items}
+                answer = await client.call("get_ensemble_predictions", payload)
                 served = np.array([p["probability_up"] for p in answer["predictions"]])
                 assert np.allclose(served, direct(), atol=1e-6), "the service and the models disagree"
-                over_rpc = await median_seconds_async(
-                    lambda: client.call("get_ensemble_predictions", {"items": items}), rounds
-                )
-            in_process = median_seconds(direct, rounds)
+                # Interleaved, so both see the same machine state (2 noisy cores).
+                rpc_times, direct_times = [], []
+                for _ in range(rounds):
+                    rpc_times.append(
+                        await seconds_async(lambda: client.call("get_ensemble_predictions", payload))
+                    )
+                    direct_times.append(median_seconds(direct, 1))
+            over_rpc, in_process = statistics.median(rpc_times), statistics.median(direct_times)
             print(f"\nensemble of {len(models)} models for {symbols} symbols, median of {rounds}")
             print(f"  one get_ensemble_predictions call  {over_rpc * 1e3:8.2f} ms")
             print(f"  predict_proba directly, averaged   {in_process * 1e3:8.2f} ms")

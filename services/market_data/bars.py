@@ -75,6 +75,12 @@ def to_columns(bars: pd.DataFrame) -> dict[str, list[Any]]:
     return out
 
 
+def from_columns(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """Bars back from ``to_columns`` (what ``get_history`` answers), null as NaN."""
+    values = {name: column for name, column in columns.items() if name != "time"}
+    return make_bars(list(columns["time"]), values)
+
+
 def to_records(bars: pd.DataFrame) -> list[dict[str, Any]]:
     """One dict per bar for the wire, NaN as null."""
     columns = to_columns(bars)

@@ -35,8 +35,6 @@ from services.market_data.indicators import (
 # The index's last bar may be a few days older than the symbol's (a late or missing index bar);
 # older than this, its features are missing rather than stale.
 INDEX_TOLERANCE = pd.Timedelta(days=5)
-# Bars needed before the first complete row: SMA200 of the index and of the symbol.
-WARM_UP_BARS = 200
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,7 @@ the market data service's bars with the same function training used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sqlite3
 from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any, NotRequired, TypedDict
@@ -23,15 +21,23 @@ from typing import Any, NotRequired, TypedDict
 import numpy as np
 import pandas as pd
 
-from services.asx.calendar import SYDNEY
+from services.asx.calendar import SYDNEY, AsxCalendar
+from services.base.config import Settings
 from services.base.db import migrate
-from services.base.errors import DependencyUnavailable, InvalidParams, NotFound, TradingError
+from services.base.errors import DependencyUnavailable, InvalidParams, NotFound, RequestError, TradingError
 from services.base.events import EventType
 from services.base.rpc import RpcClient, rpc_method
 from services.base.service import BaseService, Check, ServiceState
-from services.market_data.bars import make_bars
+from services.market_data.bars import from_columns
 from services.ml_model.config import MlModelConfig
-from services.ml_model.features import FEATURE_NAMES, FEATURES, check_row, feature_frame, latest_row
+from services.ml_model.features import (
+    FEATURE_NAMES,
+    FEATURES,
+    INDEX_TOLERANCE,
+    check_row,
+    feature_frame,
+    latest_row,
+)
 from services.ml_model.models import has_probabilities, probability_up, vote_probability
 from services.ml_model.registry import (
     POOLED,
@@ -48,6 +54,7 @@ from services.ml_model.tracking import ENSEMBLE, PredictionLog, PredictionRow
 log = logging.getLogger("services.ml_model")
 
 MAX_BATCH = 1000
+PERFORMANCE_WAIT_S = 5.0
 
 
 class EnsembleItem(TypedDict):
@@ -60,16 +67,21 @@ class MlModelService(BaseService):
     name = "ml_model"
     uses_database = True
 
-    def __init__(self, settings: Any, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *, calendar: AsxCalendar | None = None, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self.config = settings.section("ml_model", MlModelConfig)
+        self.calendar = calendar or AsxCalendar()
         self.registry = ModelRegistry(self.home.models)
+        # Models are served only for the label they were trained on.
+        self.label = {"horizon_days": self.config.horizon, "threshold": self.config.threshold}
+        # Held while a version is loaded and swapped in, so a reload and load_model do not cross.
+        self._swap = asyncio.Lock()
         # (scope, model name) -> the version in use.
         self.loaded: dict[tuple[str, str], LoadedModel] = {}
         # (scope, model name) -> (the ACTIVE file's stamp when it last failed, the error).
         self.load_errors: dict[tuple[str, str], tuple[float | None, str]] = {}
         self._market_data: RpcClient | None = None
-        self._scoring: asyncio.Task[int] | None = None
+        self._scoring: asyncio.Task[None] | None = None
         self._last_scoring_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -88,13 +100,10 @@ class MlModelService(BaseService):
             "models in use: %s",
             ", ".join(f"{s}/{n} {m.version}" for (s, n), m in self.loaded.items()) or "none",
         )
-        self.spawn(self._reload_forever(), name="ml_model:reload")
-        self.spawn(self._score_forever(), name="ml_model:score")
+        self.spawn(self._reload_forever(), name="reload")
+        self.spawn(self._score_forever(), name="score")
 
     async def _stop(self) -> None:
-        if self._scoring is not None:
-            self._scoring.cancel()
-            await asyncio.gather(self._scoring, return_exceptions=True)
         if self._market_data is not None:
             await self._market_data.close()
 
@@ -103,30 +112,37 @@ class MlModelService(BaseService):
             await self.clock.sleep(self.config.reload_interval_s)
             try:
                 await self._reload(publish=True)
-            except OSError as exc:  # the models directory unreadable: tried again next time
-                log.error("looking for new model versions failed: %s", exc)
+            except Exception:  # e.g. models/ unreadable: logged, tried again next time
+                log.exception("looking for new model versions failed")
 
     async def _reload(self, *, publish: bool) -> None:
         """Load every active version on disk that differs from the one in memory."""
         for scope in self.registry.scopes():
             for name in self.registry.model_names(scope):
-                key = (scope, name)
-                version = self.registry.active_version(scope, name)
-                current = self.loaded.get(key)
-                if version is None or (current is not None and current.version == version):
-                    continue
-                stamp = self.registry.active_stamp(scope, name)
-                failed = self.load_errors.get(key)
-                if failed is not None and failed[0] == stamp:
-                    continue  # the same failed pointer: not retried until it changes
-                try:
-                    model = await asyncio.to_thread(self.registry.load, scope, name, version)
-                except (ModelRejected, NotFound, InvalidParams) as exc:
-                    self.load_errors[key] = (stamp, exc.message)
-                    kept = f"; keeping {current.version}" if current else ""
-                    log.error("cannot load %s/%s %s: %s%s", scope, name, version, exc.message, kept)
-                    continue
-                await self._use(model, publish=publish)
+                async with self._swap:
+                    await self._reload_one(scope, name, publish=publish)
+
+    async def _reload_one(self, scope: str, name: str, *, publish: bool) -> None:
+        key = (scope, name)
+        version = self.registry.active_version(scope, name)
+        current = self.loaded.get(key)
+        if version is None:
+            return
+        if current is not None and current.version == version:
+            self.load_errors.pop(key, None)  # pointed back at the version in use
+            return
+        stamp = self.registry.active_stamp(scope, name)
+        failed = self.load_errors.get(key)
+        if failed is not None and failed[0] == stamp:
+            return  # the same failed pointer: not retried until it changes
+        try:
+            model = await asyncio.to_thread(self.registry.load, scope, name, version, label=self.label)
+        except (ModelRejected, NotFound, InvalidParams) as exc:
+            self.load_errors[key] = (stamp, exc.message)
+            kept = f"; keeping {current.version}" if current else ""
+            log.error("cannot load %s/%s %s: %s%s", scope, name, version, exc.message, kept)
+            return
+        await self._use(model, publish=publish)
 
     async def _use(self, model: LoadedModel, *, publish: bool) -> None:
         previous = self.loaded.get(model.key)
@@ -152,41 +168,37 @@ class MlModelService(BaseService):
 
     async def _score_forever(self) -> None:
         while True:
-            # Market data down: kept in _last_scoring_error for health, tried again next time.
-            with contextlib.suppress(DependencyUnavailable):
-                await self._score_due()
+            await self._score_due()
             await self.clock.sleep(self.config.score_interval_s)
 
-    async def _score_due(self) -> int:
-        """Score stored predictions whose horizon has passed (one run at a time)."""
+    async def _score_due(self) -> None:
+        """Score stored predictions whose horizon has passed: one run at a time, shared."""
         if self._scoring is None or self._scoring.done():
-            self._scoring = asyncio.ensure_future(self._score_once())
-        return await asyncio.shield(self._scoring)
+            self._scoring = self.spawn(self._score_once(), name="score-run")
+        await asyncio.shield(self._scoring)
 
-    async def _score_once(self) -> int:
-        scored = 0
-        problems = []
+    async def _score_once(self) -> None:
+        """Never raises: what went wrong is kept in ``_last_scoring_error`` for health."""
+        problem = None
         try:
-            due = await self.tracking.due(self._today())
-            for symbol, first in due.items():
+            today = self._today()
+            for symbol, first in (await self.tracking.due(today)).items():
                 try:
                     bars = await self._history(symbol, date.fromisoformat(first) - timedelta(days=7))
-                except DependencyUnavailable:
-                    raise
-                except TradingError as exc:  # e.g. a symbol market data does not serve
-                    problems.append(f"{symbol}: {exc.message}")
+                except RequestError as exc:  # market data does not serve it: never scorable
+                    closed = await self.tracking.mark_unscorable(symbol, exc.message, self.clock.now())
+                    log.warning("%d predictions for %s cannot be scored: %s", closed, symbol, exc.message)
                     continue
-                scored += await self.tracking.score(symbol, bars, self.clock.now())
-            await self.tracking.prune(self._today() - timedelta(days=self.config.keep_predictions_days))
-        except DependencyUnavailable as exc:
-            self._last_scoring_error = exc.message
-            raise
-        except sqlite3.Error as exc:
-            problems.append(f"database: {exc}")
-            log.error("scoring predictions failed: %s", exc)
-        self._last_scoring_error = "; ".join(problems) or None
-        self.stats.incr("predictions.scored", scored)
-        return scored
+                self.stats.incr(
+                    "predictions.scored", await self.tracking.score(symbol, bars, self.clock.now())
+                )
+            await self.tracking.prune(today - timedelta(days=self.config.keep_predictions_days))
+        except TradingError as exc:  # market data down or slow: tried again next time
+            problem = exc.message
+        except Exception as exc:
+            log.exception("scoring predictions failed")
+            problem = f"{type(exc).__name__}: {exc}"
+        self._last_scoring_error = problem
 
     # -- RPC ------------------------------------------------------------------------------
 
@@ -231,11 +243,13 @@ class MlModelService(BaseService):
                 raise NotFound(f"no {name} model for {scope} in the registry", scope=scope, model=name)
             version = versions[-1]
         version = check_version(version)
-        model = await asyncio.to_thread(self.registry.load, scope, name, version)
-        await asyncio.to_thread(self.registry.activate, scope, name, version, verify=False)
-        current = self.loaded.get(model.key)
-        if current is None or current.version != version:
-            await self._use(model, publish=True)
+        async with self._swap:
+            model = await asyncio.to_thread(self.registry.load, scope, name, version, label=self.label)
+            await asyncio.to_thread(self.registry.activate, scope, name, version, verify=False)
+            current = self.loaded.get(model.key)
+            if current is None or current.version != version:
+                await self._use(model, publish=True)
+            self.load_errors.pop(model.key, None)
         return {"scope": scope, "model": name, "version": version, "trained_at": model.card.get("trained_at")}
 
     @rpc_method
@@ -249,8 +263,7 @@ class MlModelService(BaseService):
         """P(up over the horizon) from one model. Without ``features``, they are computed from
         the market data service's bars for ``symbol``. The symbol's own model, else the pooled one."""
         name = check_model_name(model_name)
-        symbol, features, as_of = await self._inputs(features, symbol, as_of)
-        row = check_row(features)
+        symbol, row, as_of = await self._inputs(features, symbol, as_of)
         scope = self._scope_for(symbol, name)
         model = self.loaded[(scope, name)]
         p_up = float((await asyncio.to_thread(self._probabilities, model, row[None, :]))[0])
@@ -277,27 +290,29 @@ class MlModelService(BaseService):
         """Every model serving the symbol together: P(up), each model's output, agreement, confidence.
 
         Without ``features`` they are computed from market data for ``symbol``."""
-        symbol, features, as_of = await self._inputs(features, symbol, as_of)
-        return (await self._ensembles([(symbol, check_row(features), as_of)]))[0]
+        return (await self._ensembles([await self._inputs(features, symbol, as_of)]))[0]
 
     @rpc_method
     async def get_ensemble_predictions(self, items: list[EnsembleItem]) -> dict[str, Any]:
         """``get_ensemble_prediction`` for many symbols in one call (features given for each)."""
         if not 1 <= len(items) <= MAX_BATCH:
             raise InvalidParams(f"items must hold 1 to {MAX_BATCH} entries", field="items")
-        today = self._today()
+        session = self._last_session()
         requests = []
         for i, item in enumerate(items):
-            symbol = check_scope(item["symbol"], field=f"items[{i}].symbol")
-            requests.append((symbol, check_row(item["features"], field=f"items[{i}].features"),
-                             item.get("as_of", today)))  # fmt: skip
+            where = f"items[{i}]"
+            requests.append((
+                self._symbol(item["symbol"], field=f"{where}.symbol"),
+                check_row(item["features"], field=f"{where}.features"),
+                self._as_of(item.get("as_of"), field=f"{where}.as_of") or session,
+            ))  # fmt: skip
         return {"predictions": await self._ensembles(requests)}
 
     @rpc_method(idempotent=True)
     def get_feature_importance(self, model_name: str, symbol: str) -> dict[str, Any]:
         """Permutation importance from the last walk-forward fold, and the model's own where it has one."""
         name = check_model_name(model_name)
-        scope = self._scope_for(check_scope(symbol), name)
+        scope = self._scope_for(self._symbol(symbol), name)
         model = self.loaded[(scope, name)]
         importance = model.card.get("importance", {})
         permutation = importance.get("permutation") or {}
@@ -318,12 +333,14 @@ class MlModelService(BaseService):
     async def get_model_performance(self, symbol: str) -> dict[str, Any]:
         """Walk-forward figures of the models serving ``symbol`` and their live record: each
         prediction scored once its horizon has passed, accuracy overall and rolling."""
-        symbol = check_scope(symbol)
+        symbol = self._symbol(symbol)
         scoring_error = None
         try:
-            await self._score_due()
-        except DependencyUnavailable as exc:
-            scoring_error = exc.message
+            # Scoring asks market data about each symbol due; answer with what is stored meanwhile.
+            await asyncio.wait_for(self._score_due(), PERFORMANCE_WAIT_S)
+            scoring_error = self._last_scoring_error
+        except TimeoutError:
+            scoring_error = f"scoring still running after {PERFORMANCE_WAIT_S:g}s; figures may lag"
         live = await self.tracking.performance(symbol, self.config.rolling_window)
         serving = self._serving(symbol)
         return {
@@ -342,7 +359,7 @@ class MlModelService(BaseService):
     @rpc_method
     async def get_features(self, symbol: str) -> dict[str, Any]:
         """The latest feature row for ``symbol`` from market data, as the models would see it."""
-        symbol = check_scope(symbol)
+        symbol = self._symbol(symbol)
         as_of, features = await self._live_features(symbol)
         return {"symbol": symbol, "as_of": as_of.isoformat(), "features": _wire(features)}
 
@@ -350,15 +367,29 @@ class MlModelService(BaseService):
 
     async def _inputs(
         self, features: dict[str, Any] | None, symbol: str | None, as_of: date | None
-    ) -> tuple[str | None, dict[str, Any], date]:
+    ) -> tuple[str | None, np.ndarray, date]:
+        """(symbol, checked feature row, the session the features describe)."""
         if symbol is not None:
-            symbol = check_scope(symbol)
-        if features is None:
-            if symbol is None:
-                raise InvalidParams("give features, or a symbol to compute them for", field="features")
-            live_as_of, features = await self._live_features(symbol)
-            return symbol, features, as_of or live_as_of
-        return symbol, features, as_of or self._today()
+            symbol = self._symbol(symbol)
+        as_of = self._as_of(as_of)
+        if features is not None:
+            return symbol, check_row(features), as_of or self._last_session()
+        if symbol is None:
+            raise InvalidParams("give features, or a symbol to compute them for", field="features")
+        if as_of is not None:
+            raise InvalidParams("as_of goes with given features; computed ones are of the last session",
+                                field="as_of")  # fmt: skip
+        live_as_of, live = await self._live_features(symbol)
+        try:
+            return symbol, check_row(live), live_as_of
+        except InvalidParams as exc:  # not the caller's doing: the bars behind the features
+            raise DependencyUnavailable(
+                f"the bars market_data holds for {symbol} give no usable features on {live_as_of}: "
+                f"{exc.message} (too few bars, a bad tick, or no {self.config.market_symbol} bar "
+                f"within {INDEX_TOLERANCE.days} days)",
+                service="market_data",
+                feature=exc.field,
+            ) from None
 
     async def _ensembles(
         self, requests: Sequence[tuple[str | None, np.ndarray, date]]
@@ -433,16 +464,10 @@ class MlModelService(BaseService):
         )
         frame = await asyncio.to_thread(feature_frame, bars, index_bars)
         if frame.empty:
-            raise DependencyUnavailable(f"market_data has no bars for {symbol}", service="market_data")
-        as_of, features = latest_row(frame)
-        missing = [name for name, value in features.items() if value != value]
-        if missing:
             raise DependencyUnavailable(
-                f"the bars market_data holds for {symbol} give no {', '.join(missing)} on {as_of} "
-                f"(too few bars, or no {self.config.market_symbol} bar within 5 days)",
-                service="market_data",
-                missing=missing,
+                f"market_data has no closed sessions of {symbol} since {since}", service="market_data"
             )
+        as_of, features = latest_row(frame)
         return date.fromisoformat(as_of), features
 
     async def _history(self, symbol: str, since: date) -> pd.DataFrame:
@@ -450,13 +475,30 @@ class MlModelService(BaseService):
         answer = await self._market_data.call(
             "get_history", {"symbol": symbol, "start": since.isoformat(), "max_bars": 50_000}
         )
-        columns = dict(answer["bars"])
-        return make_bars(columns.pop("time"), columns)
+        bars = from_columns(answer["bars"])
+        # A bar of a session still in progress (partial volume, a price that is not a close) is
+        # not what the models were trained on, nor a close to score against.
+        return bars[bars.index <= self._last_session().isoformat()]
 
     # -- helpers --------------------------------------------------------------------------
 
     def _today(self) -> date:
         return self.clock.now().astimezone(SYDNEY).date()
+
+    def _last_session(self) -> date:
+        """The latest ASX session that has closed: the day the newest complete bar describes."""
+        session = self.calendar.last_closed(self.clock.now())
+        return session.date if session is not None else self._today()
+
+    def _as_of(self, as_of: date | None, *, field: str = "as_of") -> date | None:
+        if as_of is not None and as_of > self._today():
+            raise InvalidParams(f"as_of {as_of} is in the future", field=field)
+        return as_of
+
+    def _symbol(self, symbol: str, *, field: str = "symbol") -> str:
+        if symbol == POOLED:
+            raise InvalidParams("'pooled' names the models over all symbols, not a symbol", field=field)
+        return check_scope(symbol, field=field)
 
     def _serving(self, symbol: str | None) -> list[LoadedModel]:
         scope = self._ensemble_scope(symbol, required=False)
@@ -468,7 +510,7 @@ class MlModelService(BaseService):
         if any(s == POOLED for s, _n in self.loaded):
             return POOLED
         if required:
-            raise DependencyUnavailable(self._no_model_reason(symbol), service="ml_model")
+            raise DependencyUnavailable(self._no_model_reason(symbol))
         return POOLED
 
     def _scope_for(self, symbol: str | None, name: str) -> str:

@@ -1,8 +1,11 @@
 """The model kinds, built from scikit-learn, and what the service reads out of a fitted model.
 
-Each kind is wrapped in ``CalibratedClassifierCV`` (sigmoid by default) over time-ordered splits,
-so its probabilities mean what they say. ``ridge`` is the one kind without probabilities: it votes
-up or down, and the ensemble counts its vote with the confidence documented in ``vote_probability``.
+Each kind is wrapped in ``CalibratedClassifierCV`` (sigmoid by default) over three time-ordered
+splits with a gap of the label horizon: three copies of the model, fitted on the first quarter,
+half and three quarters of the rows, each calibrated on the quarter after its gap, averaged. So
+its probabilities mean what they say, learnt on data it did not fit. ``ridge`` is the one kind
+without probabilities: it votes up or down, and the ensemble counts its vote with the confidence
+documented in ``vote_probability``.
 """
 
 from __future__ import annotations
@@ -63,12 +66,16 @@ assert set(BUILDERS) == set(MODEL_KINDS)
 WITHOUT_PROBABILITIES = frozenset({"ridge"})
 
 
-def build(kind: str, *, seed: int, jobs: int = 1, calibration: str = "sigmoid") -> ClassifierMixin:
-    """An unfitted model of ``kind``, calibrated unless it gives no probabilities."""
+def build(
+    kind: str, *, seed: int, jobs: int = 1, calibration: str = "sigmoid", gap_rows: int = 0
+) -> ClassifierMixin:
+    """An unfitted model of ``kind``, calibrated unless it gives no probabilities. ``gap_rows``:
+    rows left out between fitting and calibrating (rows are in date order; a label spans rows)."""
     base = BUILDERS[kind](seed, jobs)
     if kind in WITHOUT_PROBABILITIES:
         return base
-    return CalibratedClassifierCV(base, method=calibration, cv=TimeSeriesSplit(CALIBRATION_SPLITS))
+    splits = TimeSeriesSplit(CALIBRATION_SPLITS, gap=gap_rows)
+    return CalibratedClassifierCV(base, method=calibration, cv=splits)
 
 
 def base_params(kind: str) -> dict[str, Any]:

@@ -6,7 +6,8 @@ sha256. ``<scope>/<model>/ACTIVE`` names the version in use. A version appears w
 all (written aside, then renamed), and the active pointer is replaced atomically.
 
 Loading checks, in order: the names (no path tricks), the card, the file's hash, the feature
-list, and every type the file would build against an allow-list. Anything off is a
+list, the label (when the caller names one), and every type the file would build against an
+allow-list. Anything off is a
 ``ModelRejected`` error naming the reason; the caller keeps whatever version it had.
 """
 
@@ -16,6 +17,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,15 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _sync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -167,8 +178,11 @@ class ModelRegistry:
             raise ModelRejected(f"{scope}/{name}/{version}: card is not an object", reason="card_unreadable")
         return card
 
-    def load(self, scope: str, name: str, version: str | None = None) -> LoadedModel:
-        """Load and verify a version (the active one by default)."""
+    def load(
+        self, scope: str, name: str, version: str | None = None, *, label: Mapping[str, Any] | None = None
+    ) -> LoadedModel:
+        """Load and verify a version (the active one by default); with ``label``, the card's label
+        (horizon and threshold) must be that one."""
         scope, name = check_scope(scope), check_model_name(name)
         if version is None:
             version = self.active_version(scope, name)
@@ -194,6 +208,12 @@ class ModelRegistry:
         if card.get("features") != list(FEATURE_NAMES):
             raise ModelRejected(
                 f"{where}: trained on other features than this version computes", reason="feature_mismatch"
+            )
+        if label is not None and card.get("label") != dict(label):
+            raise ModelRejected(
+                f"{where}: trained for label {card.get('label')}, this service serves {dict(label)} "
+                "(ml_model.horizon and threshold)",
+                reason="label_mismatch",
             )
         # skops refuses, before building anything, a file with a type outside these and its defaults.
         try:
@@ -226,6 +246,7 @@ class ModelRegistry:
                 _write_synced(staging / CARD_FILE, orjson.dumps(full_card, option=orjson.OPT_INDENT_2))
                 try:
                     staging.rename(directory / version)  # fails if another writer took the name
+                    _sync_directory(directory)
                 except OSError:
                     if (directory / version).exists():  # taken meanwhile (or a stray file): the next
                         number += 1
@@ -247,6 +268,7 @@ class ModelRegistry:
         temporary = directory / f".{ACTIVE_FILE}-{secrets.token_hex(4)}"
         _write_synced(temporary, orjson.dumps({"version": version}))
         os.replace(temporary, directory / ACTIVE_FILE)
+        _sync_directory(directory)
 
     # -- paths ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ MIGRATIONS = [
             realised_return REAL,
             outcome INTEGER,                -- 1 up, 0 down, NULL flat or not scored yet
             scored_at TEXT,
+            unscorable TEXT,                -- why it can never be scored (market data lacks the symbol)
             PRIMARY KEY (symbol, model, as_of)
         ) WITHOUT ROWID;
         CREATE INDEX predictions_unscored ON predictions (symbol, as_of) WHERE scored_at IS NULL;

@@ -2,8 +2,10 @@
 
 One row per symbol, model (or ``ensemble``) and session date: asking again about the same day
 replaces the unscored row, so a caller that asks every few minutes does not count ten times.
-A row is scored with the adjusted close of its day and the close ``horizon`` sessions later:
-up or down beyond the threshold, or ``flat`` in between (left out of accuracy, like in training).
+A row is scored with the adjusted close of its day and the close ``horizon`` sessions later
+(closed sessions only: the caller trims a bar still in progress): up or down beyond the
+threshold, or ``flat`` in between (left out of accuracy, like in training). A symbol the market
+data service does not serve is marked unscorable with the reason, once, not asked about again.
 """
 
 from __future__ import annotations
@@ -108,30 +110,32 @@ class PredictionLog:
 
         return await self.db.run(work)
 
+    async def mark_unscorable(self, symbol: str, reason: str, now: datetime) -> int:
+        """Close ``symbol``'s open predictions as never scorable (e.g. market data lacks it)."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                return conn.execute(
+                    "UPDATE predictions SET scored_at = ?, unscorable = ? "
+                    "WHERE symbol = ? AND scored_at IS NULL",
+                    (utc_iso(now), reason[:500], symbol),
+                ).rowcount
+
+        return await self.db.run(work)
+
     async def performance(self, symbol: str, window: int) -> dict[str, Any]:
         """Live figures per model for ``symbol``: counts, accuracy overall and over the last ``window``."""
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             rows = conn.execute(
-                "SELECT model, as_of, p_up, predicted, outcome, scored_at FROM predictions "
-                "WHERE symbol = ? ORDER BY model, as_of",
+                "SELECT model, as_of, p_up, predicted, outcome, scored_at, realised_return, unscorable "
+                "FROM predictions WHERE symbol = ? ORDER BY model, as_of",
                 (symbol,),
             ).fetchall()
             by_model: dict[str, list[tuple[Any, ...]]] = {}
             for row in rows:
                 by_model.setdefault(row[0], []).append(row)
             return {model: _figures(model_rows, window) for model, model_rows in by_model.items()}
-
-        return await self.db.run(read)
-
-    async def counts(self) -> tuple[int, int]:
-        """(stored, waiting to be scored)."""
-
-        def read(conn: sqlite3.Connection) -> tuple[int, int]:
-            total, pending = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE scored_at IS NULL) FROM predictions"
-            ).fetchone()
-            return int(total), int(pending)
 
         return await self.db.run(read)
 
@@ -153,12 +157,15 @@ def _accuracy(rows: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
 
 
 def _figures(rows: list[tuple[Any, ...]], window: int) -> dict[str, Any]:
-    scored = [r for r in rows if r[5] is not None]
+    unscorable = [r for r in rows if r[7] is not None]
+    scored = [r for r in rows if r[5] is not None and r[7] is None]
     decided = [r for r in scored if r[4] is not None]
     return {
         "predictions": len(rows),
-        "pending": len(rows) - len(scored),
+        "pending": len(rows) - len(scored) - len(unscorable),
         "flat": len(scored) - len(decided),
+        "unscorable": len(unscorable),
+        "unscorable_reason": unscorable[-1][7] if unscorable else None,
         "all": _accuracy(scored),
         "rolling": {"window": window, **_accuracy(decided[-window:])},
         "last_as_of": rows[-1][1] if rows else None,

@@ -24,7 +24,7 @@ import pandas as pd
 from services.base.config import Settings, load_settings
 from services.base.errors import ConfigError, TradingError
 from services.base.rpc import RpcClient
-from services.market_data.bars import make_bars
+from services.market_data.bars import from_columns
 from services.market_data.csv_files import CsvFormatError, read_price_csv
 from services.ml_model.arguments import add_arguments
 from services.ml_model.config import MlModelConfig
@@ -71,8 +71,7 @@ async def _ask_market_data(settings: Settings, symbols: Sequence[str]) -> dict[s
     async with RpcClient(socket, timeout=60.0, connect_attempts=1) as client:
         for symbol in symbols:
             answer = await client.call("get_history", {"symbol": symbol, "max_bars": MAX_BARS})
-            columns = answer["bars"]
-            bars[symbol] = make_bars(columns.pop("time"), columns)
+            bars[symbol] = from_columns(answer["bars"])
     return bars
 
 
@@ -113,6 +112,10 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     json_path, markdown_path = write_report(report, args.report_dir or settings.home.models / "reports")
     print(f"done in {report['elapsed_s']} s; report: {markdown_path} and {json_path}")
+    if report["failures"]:
+        print(f"{len(report['failures'])} model(s) failed to train:", *report["failures"], sep="\n  ",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -35,8 +35,8 @@ from services.ml_model.features import (
     out_of_range,
 )
 from services.ml_model.models import WITHOUT_PROBABILITIES, base_params, build, for_serving, native_importance
-from services.ml_model.registry import POOLED, ModelRegistry
-from services.ml_model.walkforward import evaluate
+from services.ml_model.registry import POOLED, ModelRegistry, ModelRejected
+from services.ml_model.walkforward import Evaluation, evaluate
 
 log = logging.getLogger("services.ml_model.training")
 
@@ -50,6 +50,7 @@ class Dataset:
     symbol: str
     X: pd.DataFrame  # FEATURE_NAMES columns, indexed by date
     y: np.ndarray
+    label_end: pd.DatetimeIndex  # per row: the session its label's return ends on
     counts: dict[str, Any]
 
 
@@ -74,14 +75,35 @@ def build_dataset(
         "to": kept.max().date().isoformat() if len(kept) else None,
         "up_share": round(float(label[keep].mean()), 4) if keep.any() else None,
     }
-    return Dataset(symbol, frame.loc[keep, list(FEATURE_NAMES)], label[keep].to_numpy(dtype=int), counts)
+    label_end = pd.Series(frame.index, index=frame.index).shift(-horizon)
+    return Dataset(
+        symbol,
+        frame.loc[keep, list(FEATURE_NAMES)],
+        label[keep].to_numpy(dtype=int),
+        pd.DatetimeIndex(label_end[keep]),
+        counts,
+    )
 
 
-def _stack(datasets: list[Dataset]) -> tuple[np.ndarray, np.ndarray, pd.DatetimeIndex]:
-    frame = pd.concat([d.X.assign(_y=d.y, _symbol=d.symbol) for d in datasets])
+@dataclass(frozen=True, slots=True)
+class Stacked:
+    """The rows of one or more datasets in date order (then symbol)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    dates: pd.DatetimeIndex
+    label_end: pd.DatetimeIndex
+
+
+def _stack(datasets: list[Dataset]) -> Stacked:
+    frame = pd.concat([d.X.assign(_y=d.y, _symbol=d.symbol, _end=d.label_end) for d in datasets])
     frame = frame.reset_index().sort_values(["date", "_symbol"], kind="stable")
-    X = frame[list(FEATURE_NAMES)].to_numpy(dtype=float)
-    return X, frame["_y"].to_numpy(dtype=int), pd.DatetimeIndex(frame["date"])
+    return Stacked(
+        frame[list(FEATURE_NAMES)].to_numpy(dtype=float),
+        frame["_y"].to_numpy(dtype=int),
+        pd.DatetimeIndex(frame["date"]),
+        pd.DatetimeIndex(frame["_end"]),
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -104,71 +126,82 @@ def train_scope(
     activate: bool = True,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, Any]:
-    """Evaluate, fit, save (and activate) every configured model kind for one scope."""
-    X, y, dates = _stack(datasets)
+    """Evaluate, fit, save (and activate) every configured model kind for one scope. A kind that
+    fails (too few days, one class in a fold) is reported and the others go on."""
+    rows = _stack(datasets)
     window = {
-        "from": dates.min().date().isoformat(),
-        "to": dates.max().date().isoformat(),
-        "rows": len(y),
-        "up_share": round(float(y.mean()), 4),
+        "from": rows.dates.min().date().isoformat(),
+        "to": rows.dates.max().date().isoformat(),
+        "rows": len(rows.y),
+        "up_share": round(float(rows.y.mean()), 4),
         "symbols": [d.symbol for d in datasets],
     }
     results: dict[str, Any] = {}
     for kind in config.models:
         started = time.perf_counter()
-
-        def make(kind: str = kind) -> Any:
-            return build(
-                kind, seed=config.random_state, jobs=config.train_jobs, calibration=config.calibration
-            )
-
-        evaluation = evaluate(
-            make, X, y, dates,
-            folds=config.folds, min_train_fraction=config.min_train_fraction, gap=config.walk_forward_gap,
-        )  # fmt: skip
-        model = for_serving(make().fit(X, y))
-        card = {
-            "kind": kind,
-            "probabilities": kind not in WITHOUT_PROBABILITIES,
-            "calibration": None if kind in WITHOUT_PROBABILITIES else config.calibration,
-            "features": list(FEATURE_NAMES),
-            "feature_bounds": {f.name: [f.low, f.high] for f in FEATURES},
-            "label": {"horizon_days": config.horizon, "threshold": config.threshold},
-            "training_window": window,
-            "params": base_params(kind),
-            "walk_forward": {"overall": evaluation.overall, "folds": evaluation.folds},
-            "importance": {
-                "permutation": _permutation(evaluation, kind, config.random_state),
-                "native": native_importance(model, FEATURE_NAMES),
-            },
-            "libraries": library_versions(),
-            "trained_at": utc_iso(trained_at),
-        }
-        version = registry.save(scope, kind, model, card)
+        try:
+            result = _train_kind(scope, kind, rows, window, len(datasets), config, registry, trained_at)
+        except (ValueError, ModelRejected) as exc:
+            results[kind] = {"error": str(exc)}
+            progress(f"{scope:<8} {kind:<18} FAILED: {exc}")
+            continue
         if activate:
-            registry.activate(scope, kind, version)
-        elapsed = time.perf_counter() - started
-        overall = evaluation.overall
-        results[kind] = {
-            "version": version,
-            "active": activate,
-            "seconds": round(elapsed, 1),
-            "walk_forward": overall,
-            "folds": evaluation.folds,
-        }
+            registry.activate(scope, kind, result["version"], verify=False)  # _train_kind loaded it back
+        result.update(active=activate, seconds=round(time.perf_counter() - started, 1))
+        results[kind] = result
+        model = result["walk_forward"]["model"]
         progress(
-            f"{scope:<8} {kind:<18} {version:<5} acc {overall['model']['accuracy']:.3f} "
-            f"bal {_fmt(overall['model']['balanced_accuracy'])} auc {_fmt(overall['model']['roc_auc'])} "
-            f"brier {overall['model']['brier']:.4f} | majority acc {overall['majority']['accuracy']:.3f} "
-            f"always-up acc {overall['always_up']['accuracy']:.3f} ({elapsed:.1f}s)"
+            f"{scope:<8} {kind:<18} {result['version']:<5} acc {model['accuracy']:.3f} "
+            f"bal {_fmt(model['balanced_accuracy'])} auc {_fmt(model['roc_auc'])} brier {model['brier']:.4f} "
+            f"| majority acc {result['walk_forward']['majority']['accuracy']:.3f} ({result['seconds']}s)"
         )
     return {"training_window": window, "models": results}
 
 
-def _permutation(evaluation: Any, kind: str, seed: int) -> dict[str, Any] | None:
+def _train_kind(
+    scope: str,
+    kind: str,
+    rows: Stacked,
+    window: dict[str, Any],
+    symbols: int,
+    config: MlModelConfig,
+    registry: ModelRegistry,
+    trained_at: datetime,
+) -> dict[str, Any]:
+    def make() -> Any:
+        return build(kind, seed=config.random_state, jobs=config.train_jobs,
+                     calibration=config.calibration, gap_rows=config.horizon * symbols)  # fmt: skip
+
+    evaluation = evaluate(
+        make, rows.X, rows.y, rows.dates,
+        folds=config.folds, min_train_fraction=config.min_train_fraction, gap=config.walk_forward_gap,
+        label_end=rows.label_end,
+    )  # fmt: skip
+    model = for_serving(make().fit(rows.X, rows.y))
+    card = {
+        "kind": kind,
+        "probabilities": kind not in WITHOUT_PROBABILITIES,
+        "calibration": None if kind in WITHOUT_PROBABILITIES else config.calibration,
+        "features": list(FEATURE_NAMES),
+        "feature_bounds": {f.name: [f.low, f.high] for f in FEATURES},
+        "label": {"horizon_days": config.horizon, "threshold": config.threshold},
+        "training_window": window,
+        "params": base_params(kind),
+        "walk_forward": {"overall": evaluation.overall, "folds": evaluation.folds},
+        "importance": {
+            "permutation": _permutation(evaluation, kind, config.random_state),
+            "native": native_importance(model, FEATURE_NAMES),
+        },
+        "libraries": library_versions(),
+        "trained_at": utc_iso(trained_at),
+    }
+    version = registry.save(scope, kind, model, card)
+    registry.load(scope, kind, version)  # what was written reads back and verifies
+    return {"version": version, "walk_forward": evaluation.overall, "folds": evaluation.folds}
+
+
+def _permutation(evaluation: Evaluation, kind: str, seed: int) -> dict[str, Any] | None:
     """Mean drop in the last fold's test score when each feature is shuffled."""
-    if evaluation.last_test is None:
-        return None
     X_test, y_test = evaluation.last_test
     if len(np.unique(y_test)) < 2:
         return None
@@ -227,6 +260,12 @@ def run_training(
         "features": list(FEATURE_NAMES),
         "symbols": {d.symbol: d.counts for d in datasets},
         "scopes": scopes,
+        "failures": [
+            f"{scope}/{kind}: {entry['error']}"
+            for scope, result in scopes.items()
+            for kind, entry in result["models"].items()
+            if "error" in entry
+        ],
         "libraries": library_versions(),
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
@@ -255,6 +294,10 @@ def _metric_cells(m: dict[str, Any]) -> list[str]:
     return [
         _fmt(m["accuracy"]), _fmt(m["balanced_accuracy"]), _fmt(m["roc_auc"]), _fmt(m["brier"], 4)
     ]  # fmt: skip
+
+
+def _trained(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(kind, entry) for kind, entry in result["models"].items() if "error" not in entry]
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -287,15 +330,17 @@ def report_markdown(report: dict[str, Any]) -> str:
         _row("---", "---", "---", *["---:"] * 8),
     ]  # fmt: skip
     for scope, result in report["scopes"].items():
-        for kind, entry in result["models"].items():
+        for kind, entry in _trained(result):
             o = entry["walk_forward"]
             majority, always_up = o["majority"], o["always_up"]
             lines.append(_row(scope, kind, entry["version"], *_metric_cells(o["model"]),
                               _fmt(majority["accuracy"]), _fmt(majority["brier"], 4),
                               _fmt(always_up["accuracy"]), _fmt(always_up["brier"], 4)))  # fmt: skip
+    if report["failures"]:
+        lines += ["", "## Failed", "", *(f"- {failure}" for failure in report["failures"])]
     lines += ["", "## Per fold", ""]
     for scope, result in report["scopes"].items():
-        for kind, entry in result["models"].items():
+        for kind, entry in _trained(result):
             lines += [
                 f"### {scope} {kind}",
                 "",

@@ -1,9 +1,11 @@
 """Walk-forward evaluation: train on the past, test on the next block, never look ahead.
 
 The days are cut into an initial training stretch (``min_train_fraction``) and ``folds`` test
-blocks after it. Fold k trains on every day before its block less ``gap`` days (at least the label
-horizon: a training row's label is the return up to ``horizon`` days later, which must end before
-the test block starts) and tests on the block. The model is refitted each fold (expanding window).
+blocks after it. Fold k trains on every day before its block less ``gap`` days and tests on the
+block; the model is refitted each fold (expanding window). A training row's label is the return up
+to ``horizon`` of its own symbol's sessions later, so with the label's end date given, a row whose
+label ends on or after the block's first day is left out too: in a pooled set a symbol with a gap
+in its bars would otherwise reach past a gap counted in the other symbols' days.
 
 Each fold and the whole (all test blocks together) report accuracy, balanced accuracy, ROC AUC and
 Brier score for the model and for two baselines: the majority class of the training days (its
@@ -41,22 +43,31 @@ class Evaluation:
     overall: dict[str, Any]
     # The last fold's model and test rows, for permutation importance.
     last_model: Any
-    last_test: tuple[np.ndarray, np.ndarray] | None
+    last_test: tuple[np.ndarray, np.ndarray]
 
 
 def make_folds(
-    dates: pd.DatetimeIndex | np.ndarray, *, folds: int, min_train_fraction: float, gap: int
+    dates: pd.DatetimeIndex | np.ndarray,
+    *,
+    folds: int,
+    min_train_fraction: float,
+    gap: int,
+    label_end: pd.DatetimeIndex | np.ndarray | None = None,
 ) -> list[Fold]:
-    """Folds over rows dated ``dates`` (several rows may share a day, as in a pooled set)."""
+    """Folds over rows dated ``dates`` (several rows may share a day, as in a pooled set);
+    ``label_end``: per row, the day its label's return ends."""
     days = np.unique(np.asarray(dates, dtype="datetime64[ns]"))
+    ends = None if label_end is None else np.asarray(label_end, dtype="datetime64[ns]")
     positions = np.searchsorted(days, np.asarray(dates, dtype="datetime64[ns]"))
     first_test = int(len(days) * min_train_fraction)
     made = []
     for number, block in enumerate(np.array_split(np.arange(first_test, len(days)), folds), start=1):
         if len(block) == 0:
             continue
-        last_train_day = block[0] - gap - 1
-        train = np.flatnonzero(positions <= last_train_day)
+        before = positions <= block[0] - gap - 1
+        if ends is not None:
+            before &= ends < days[block[0]]
+        train = np.flatnonzero(before)
         test = np.flatnonzero((positions >= block[0]) & (positions <= block[-1]))
         if len(train) and len(test):
             made.append(Fold(number, train, test))
@@ -101,9 +112,10 @@ def evaluate(
     folds: int,
     min_train_fraction: float,
     gap: int,
+    label_end: pd.DatetimeIndex | None = None,
 ) -> Evaluation:
     """Walk-forward metrics of a model kind over (X, y) dated ``dates``, oldest first."""
-    made = make_folds(dates, folds=folds, min_train_fraction=min_train_fraction, gap=gap)
+    made = make_folds(dates, folds=folds, min_train_fraction=min_train_fraction, gap=gap, label_end=label_end)
     if not made:
         raise ValueError(f"too few days ({len(np.unique(dates))}) for walk-forward folds")
     reports = []

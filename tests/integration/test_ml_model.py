@@ -1,7 +1,7 @@
 """The ML model service as a real process, beside a real market data process, over their sockets.
 
-Models are trained once per module on generated bars (a seeded random walk ending yesterday) and
-copied into each test's models/.
+Models are trained once per module on generated bars (a seeded random walk ending with the last
+closed session) and copied into each test's models/.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import redis.asyncio as aioredis
 
+from services.asx.calendar import AsxCalendar
 from services.base.config import TradingHome
 from services.base.errors import DependencyUnavailable, InvalidParams, NotFound, Rejected
 from services.base.events import CHANNEL_PREFIX
@@ -37,9 +38,13 @@ KINDS = ("logistic", "gradient_boosting")
 DAYS = 700
 
 
+LAST_SESSION = AsxCalendar().last_closed(datetime.now(UTC))
+
+
 def recent_bars(seed: int) -> pd.DataFrame:
-    """Generated bars ending yesterday, so market data serves them as recent history."""
-    return random_walk_bars(DAYS, seed=seed, price=50.0, end=(date.today() - timedelta(days=1)).isoformat())
+    """Generated bars ending with the last closed ASX session: recent history for market data."""
+    assert LAST_SESSION is not None
+    return random_walk_bars(DAYS, seed=seed, price=50.0, end=LAST_SESSION.date.isoformat())
 
 
 def write_csv(bars: pd.DataFrame, path: Path) -> None:
@@ -208,6 +213,19 @@ async def test_bad_features_and_names_are_named(client: RpcClient, market: dict[
         await client.call(
             "predict", {"model_name": "random_forest", "features": features, "symbol": "CBA.AX"}
         )
+    with pytest.raises(InvalidParams) as caught:
+        await client.call("predict", {"model_name": "logistic", "features": features, "symbol": "pooled"})
+    assert caught.value.data["field"] == "symbol"
+    later = (date.today() + timedelta(days=2)).isoformat()
+    with pytest.raises(InvalidParams) as caught:
+        await client.call(
+            "get_ensemble_prediction", {"features": features, "symbol": "CBA.AX", "as_of": later}
+        )
+    assert caught.value.data["field"] == "as_of"
+    # Computed features describe the last session: an as_of with them would be a wrong record.
+    with pytest.raises(InvalidParams) as caught:
+        await client.call("get_ensemble_prediction", {"symbol": "CBA.AX", "as_of": "2021-03-01"})
+    assert caught.value.data["field"] == "as_of"
     # Still serving after all that.
     assert (await client.call("health"))["status"] in ("ok", "degraded")
 
@@ -336,9 +354,43 @@ async def test_a_tampered_version_is_refused_and_the_previous_one_stays(
             "predict", {"model_name": "logistic", "features": features, "symbol": "CBA.AX"}
         )
         assert answer["version"] == "v2"
+
+        # Pointed back at the version in use: the error is gone.
+        (home.models / "CBA.AX" / "logistic" / "ACTIVE").write_text('{"version": "v2"}')
+
+        async def recovered() -> bool:
+            return bool((await client.call("health"))["checks"]["models"]["status"] == "ok")
+
+        await eventually(recovered)
+
+        # Models trained for another label (tradingctl train --horizon 10) are refused.
+        card = {k: v for k, v in model.card.items() if k != "sha256"}
+        card["label"] = {"horizon_days": 10, "threshold": 0.005}
+        other = registry.save("CBA.AX", "logistic", model.model, card)
+        with pytest.raises(Rejected) as caught:
+            await client.call("load_model", {"model_name": "logistic", "symbol": "CBA.AX", "version": other})
+        assert caught.value.data["reason"] == "label_mismatch"
     finally:
         await pubsub.aclose()
         await events.aclose()
+
+
+async def test_a_symbol_market_data_does_not_serve_is_marked_unscorable(
+    client: RpcClient, market_data: ServiceProcess, market: dict[str, pd.DataFrame]
+) -> None:
+    features = features_of(market["CBA.AX"], market["^AXJO"])
+    month_ago = (date.today() - timedelta(days=30)).isoformat()
+    await client.call(
+        "get_ensemble_prediction", {"features": features, "symbol": "ZZZ.AX", "as_of": month_ago}
+    )
+    performance = await client.call("get_model_performance", {"symbol": "ZZZ.AX"})
+    assert performance["scope"] == "pooled"
+    assert performance["scoring_error"] is None
+    live = performance["live"]["ensemble"]
+    assert live["unscorable"] == 1
+    assert live["pending"] == 0
+    assert "ZZZ.AX" in live["unscorable_reason"]
+    assert (await client.call("health"))["checks"]["live_tracking"]["status"] == "ok"
 
 
 async def test_a_new_version_from_training_is_picked_up(
@@ -381,9 +433,10 @@ async def test_predictions_survive_kill_9(
     home: TradingHome, redis: EmbeddedRedis, ml_model: ServiceProcess, market: dict[str, pd.DataFrame]
 ) -> None:
     features = features_of(market["CBA.AX"], market["^AXJO"])
+    month_ago = (date.today() - timedelta(days=30)).isoformat()
     async with RpcClient(ml_model.socket, timeout=30) as rpc:
         await rpc.call(
-            "get_ensemble_prediction", {"features": features, "symbol": "CBA.AX", "as_of": "2020-01-02"}
+            "get_ensemble_prediction", {"features": features, "symbol": "CBA.AX", "as_of": month_ago}
         )
     os.kill(ml_model.process.pid, signal.SIGKILL)
     ml_model.process.wait()
@@ -392,6 +445,6 @@ async def test_predictions_survive_kill_9(
         async with RpcClient(restarted.socket, timeout=30) as rpc:
             performance = await rpc.call("get_model_performance", {"symbol": "CBA.AX"})
             assert performance["live"]["ensemble"]["predictions"] == 1
-            assert performance["live"]["ensemble"]["last_as_of"] == "2020-01-02"
+            assert performance["live"]["ensemble"]["last_as_of"] == month_ago
     finally:
         restarted.stop()

@@ -259,3 +259,29 @@ def test_training_days_of_one_class_are_an_error() -> None:
     y = np.r_[np.ones(60, dtype=int), np.zeros(40, dtype=int)]
     with pytest.raises(ValueError, match="fold 1: the training days are all one class"):
         evaluate(lambda: build("logistic", seed=1), X, y, days(100), folds=2, min_train_fraction=0.5, gap=GAP)
+
+
+def test_a_label_ending_in_the_test_block_keeps_its_row_out_of_training() -> None:
+    # Two symbols over 200 days: test blocks start at days 80, 110, 140, 170. B has no bars on
+    # days 105-109, so B's labels from days 100-104 (5 of its own sessions) end on days 110-114,
+    # inside the block from 110, though those days are outside the 5-day gap counted in days.
+    a_days = days(200)
+    b_days = a_days.delete(range(105, 110))
+    rows = sorted([(d, "A") for d in a_days] + [(d, "B") for d in b_days])
+    dates = pd.DatetimeIndex([d for d, _symbol in rows])
+    label_end = []
+    for day, symbol in rows:
+        own = a_days if symbol == "A" else b_days
+        label_end.append(own[min(own.get_loc(day) + GAP, len(own) - 1)])
+    ends = pd.DatetimeIndex(label_end)
+    made = make_folds(dates, folds=4, min_train_fraction=0.4, gap=GAP, label_end=ends)
+    counted_in_days = make_folds(dates, folds=4, min_train_fraction=0.4, gap=GAP)
+    assert [f.number for f in made] == [f.number for f in counted_in_days] == [1, 2, 3, 4]
+    leaked = []
+    for fold, plain in zip(made, counted_in_days, strict=True):
+        first_test_day = dates[fold.test].min()
+        assert (ends[fold.train] < first_test_day).all()
+        leaked += [rows[i] for i in plain.train if ends[i] >= first_test_day]
+        assert set(fold.train.tolist()) <= set(plain.train.tolist())
+    # The day-count gap alone would have let them in.
+    assert leaked == [(a_days[i], "B") for i in range(100, 105)]
