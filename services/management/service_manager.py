@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+import psutil
 
 from services.base.config import Settings, TradingHome, load_settings
 from services.base.errors import ConfigError, TradingError
@@ -185,14 +186,23 @@ def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
     for name, state in result["states"].items():
         print(f"{name:<16} {state}")
     if result["manager_stopping"]:
+        # The lock is released a moment before the process ends: wait for both.
         deadline = time.monotonic() + 30
-        while running_manager_pid(home.root) and time.monotonic() < deadline:
+        while (running_manager_pid(home.root) or not _exited(pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if running_manager_pid(home.root):
+        if running_manager_pid(home.root) or not _exited(pid):
             print(f"the manager (pid {pid}) is still running after 30s", file=sys.stderr)
             return EXIT_FAILED
         print("manager stopped")
     return EXIT_OK
+
+
+def _exited(pid: int) -> bool:
+    """True once ``pid`` has ended (a zombie waiting for its parent has ended too)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def stop_leftovers(home: TradingHome, timeout: float = 10.0) -> int:
