@@ -1,0 +1,405 @@
+"""The prediction service: BUY/HOLD/SELL per symbol from market data, sentiment, ML and the market.
+
+For each symbol the inputs are fetched concurrently (the market context once per batch), combined
+by ``decision.decide``, stored in SQLite together with the signal's outbox row (one transaction),
+then broadcast as ``prediction_generated``; the bus's relay puts the signal on the durable
+``trading:signals`` stream whenever Redis is reachable, so no signal is lost to an outage.
+
+Market data is the one input a prediction cannot do without (it gives the price and the
+technicals): without it that symbol fails with -32000 naming it, and the rest of the batch goes on.
+Sentiment, ML and market context that fail or have zero confidence are left out, the weights
+renormalised, the confidence lowered and the prediction marked degraded, saying what was missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from services.base.clock import utc_iso
+from services.base.config import Settings
+from services.base.db import migrate, transaction
+from services.base.errors import DependencyUnavailable, InvalidParams, TradingError, code_for
+from services.base.events import SIGNALS_STREAM, EventType
+from services.base.outbox import Outbox
+from services.base.rpc import RpcClient, rpc_method
+from services.base.service import BaseService, Check, ServiceState
+from services.prediction.config import INPUTS, PredictionConfig
+from services.prediction.decision import (
+    Decision,
+    Input,
+    check_reachable,
+    context_for,
+    decide,
+    market_input,
+    ml_input,
+    sentiment_input,
+    technical_input,
+    unavailable,
+)
+from services.prediction.schema import MIGRATIONS
+
+log = logging.getLogger("services.prediction")
+
+SUMMARY_FIELDS = ("id", "symbol", "signal", "confidence", "combined_score", "degraded", "price", "ts")
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    key: tuple[Any, ...]
+    made: float  # monotonic seconds
+    payload: dict[str, Any]
+
+
+class PredictionService(BaseService):
+    name = "prediction"
+    uses_database = True
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.config = settings.section("prediction", PredictionConfig)
+        self._clients: dict[str, RpcClient] = {}
+        self._cache: dict[str, Cached] = {}
+        self._prediction_count = 0
+        self._latest_rate: float | None = None
+        self._rolling_rate: float | None = None
+        self._latest_batch_at: str | None = None
+        self._alert_active = False
+        # The latest batch's (predictions, degraded ones, failed symbols), for health.
+        self._last_batch: tuple[int, int, dict[str, str]] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        assert self.db is not None
+        check_reachable(self.config)
+        await self.db.run(lambda conn: migrate(conn, MIGRATIONS))
+        for service in ("market_data", "sentiment", "ml_model"):
+            self._clients[service] = RpcClient(
+                self.home.socket_path(service), timeout=self.config.input_timeout_s, connect_attempts=1
+            )
+        self._prediction_count, self._rolling_rate, self._alert_active = await self.db.run(self._load_state)
+
+    async def _stop(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+    def _load_state(self, conn: sqlite3.Connection) -> tuple[int, float | None, bool]:
+        count = int(conn.execute("SELECT count(*) FROM predictions").fetchone()[0])
+        row = conn.execute("SELECT value FROM state WHERE key = 'buy_rate_alert'").fetchone()
+        return count, _rolling(conn, self.config.buy_rate_window), row is not None and row[0] == "active"
+
+    # -- RPC ------------------------------------------------------------------------------
+
+    @rpc_method
+    async def generate_predictions(
+        self, symbols: list[str] | None = None, force_refresh: bool = False
+    ) -> dict[str, Any]:
+        """Predictions for ``symbols`` (all configured when omitted), inputs fetched concurrently.
+        A symbol that fails is reported in ``errors``; the others are still predicted."""
+        wanted = [
+            self._symbol(s, field=f"symbols[{i}]") for i, s in enumerate(symbols or self.config.symbols)
+        ]
+        if not wanted:
+            raise InvalidParams("symbols must name at least one symbol", field="symbols")
+        batch_id = f"{utc_iso(self.clock.now())}-{secrets.token_hex(3)}"
+        market = await self._market_input()
+        outcomes = await asyncio.gather(
+            *(self._predict(symbol, market, batch_id, force_refresh) for symbol in wanted),
+            return_exceptions=True,
+        )
+        predictions: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        for symbol, outcome in zip(wanted, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, TradingError):
+                    log.error("prediction for %s failed", symbol, exc_info=outcome)
+                self.stats.incr("predictions.failed")
+                errors[symbol] = {"code": int(code_for(outcome)), "message": _message(outcome)}
+            else:
+                predictions[symbol] = outcome
+        degraded = sum(1 for p in predictions.values() if p["degraded"])
+        self._last_batch = (len(predictions), degraded, {s: e["message"] for s, e in errors.items()})
+        buy_rate = await self._after_batch(list(predictions.values())) if predictions else self._buy_rate()
+        return {
+            "batch_id": batch_id,
+            "generated_at": utc_iso(self.clock.now()),
+            "predictions": predictions,
+            "errors": errors,
+            "buy_rate": buy_rate,
+        }
+
+    @rpc_method
+    async def generate_single_prediction(self, symbol: str, force_refresh: bool = False) -> dict[str, Any]:
+        """One symbol's prediction; a failure is the error itself (e.g. -32000 naming market_data)."""
+        symbol = self._symbol(symbol)
+        batch_id = f"{utc_iso(self.clock.now())}-{secrets.token_hex(3)}"
+        prediction = await self._predict(symbol, await self._market_input(), batch_id, force_refresh)
+        await self._after_batch([prediction])
+        return prediction
+
+    @rpc_method(idempotent=True)
+    def get_buy_rate(self) -> dict[str, Any]:
+        """Share of BUY in the latest batch and over the last ``buy_rate_window`` predictions."""
+        return self._buy_rate()
+
+    @rpc_method(idempotent=True)
+    async def get_prediction_history(
+        self, symbol: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Stored predictions, newest first (one symbol, or all)."""
+        if symbol is not None:
+            symbol = self._symbol(symbol)
+        if not 1 <= limit <= self.config.history_limit:
+            raise InvalidParams(f"limit must be between 1 and {self.config.history_limit}", field="limit")
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = ("WHERE symbol = ?", (symbol, limit)) if symbol else ("", (limit,))
+            rows = conn.execute(
+                f"SELECT id, payload FROM predictions {where} ORDER BY id DESC LIMIT ?",
+                args,
+            ).fetchall()
+            return [{**orjson.loads(payload), "id": row_id} for row_id, payload in rows]
+
+        history: list[dict[str, Any]] = await self._db(read)
+        return history
+
+    @rpc_method(idempotent=True)
+    def clear_cache(self) -> dict[str, Any]:
+        """Forget every cached prediction: the next request recomputes."""
+        cleared = len(self._cache)
+        self._cache.clear()
+        return {"cleared": cleared}
+
+    # -- one symbol -----------------------------------------------------------------------
+
+    async def _predict(self, symbol: str, market: Input, batch_id: str, force: bool) -> dict[str, Any]:
+        answers: tuple[Any, ...] = await asyncio.gather(
+            self._ask("market_data", "get_market_data", {"symbol": symbol, "bars": 0}),
+            self._ask("sentiment", "analyze_sentiment", {"symbol": symbol}),
+            self._ask("ml_model", "get_ensemble_prediction", {"symbol": symbol}),
+            return_exceptions=True,
+        )
+        market_data, sentiment, ml = answers
+        if isinstance(market_data, BaseException):
+            raise DependencyUnavailable(
+                f"market_data cannot give {symbol}'s price and indicators: {_message(market_data)}",
+                service="market_data",
+                symbol=symbol,
+            )
+        inputs = {
+            "technical": technical_input(market_data, self.config),
+            "sentiment": self._read("sentiment", sentiment, lambda r: sentiment_input(r, self.config)),
+            "ml": self._read("ml", ml, ml_input),
+            "market": context_for(market, market_data.get("price_time"), self.config),
+        }
+        if not inputs["technical"].used:
+            raise DependencyUnavailable(
+                f"market_data has too few bars of {symbol} for indicators",
+                service="market_data",
+                symbol=symbol,
+            )
+        key = (market_data.get("price_time"), *(inputs[name].at for name in INPUTS), inputs["market"].score)
+        cached = self._cache.get(symbol)
+        fresh = cached is not None and time.monotonic() - cached.made < self.config.cache_ttl_s
+        if not force and cached is not None and fresh and cached.key == key:
+            self.stats.incr("cache.hits")
+            return {**cached.payload, "cached": True}
+        decision = decide(inputs, self.config)
+        payload = self._payload(symbol, batch_id, market_data, inputs, decision)
+        await self._store(payload)
+        self._cache[symbol] = Cached(key, time.monotonic(), payload)
+        return payload
+
+    def _read(self, name: str, answer: Any, convert: Callable[[Any], Input]) -> Input:
+        if isinstance(answer, BaseException):
+            return unavailable(name, f"{name} unavailable: {_message(answer)}")
+        return convert(answer)
+
+    async def _market_input(self) -> Input:
+        try:
+            context = await self._ask("market_data", "get_market_context", {})
+        except TradingError as exc:
+            return unavailable("market", f"market context unavailable: {exc.message}")
+        return market_input(context, self.config)
+
+    async def _ask(self, service: str, method: str, params: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await self._clients[service].call(method, params)
+            ok = True
+            return result
+        finally:
+            # Per-input latency and errors, in ``metrics`` beside the RPC methods.
+            self.stats.record_call(f"input:{service}.{method}", time.perf_counter() - started, ok)
+
+    def _payload(
+        self,
+        symbol: str,
+        batch_id: str,
+        market_data: dict[str, Any],
+        inputs: dict[str, Input],
+        decision: Decision,
+    ) -> dict[str, Any]:
+        weights = self.config.weights
+        return {
+            "symbol": symbol,
+            "signal": decision.signal,
+            "confidence": decision.confidence,
+            "combined_score": decision.combined,
+            "coverage": decision.coverage,
+            "regime": decision.regime,
+            "threshold": decision.threshold,
+            "technical_score": inputs["technical"].details.get("score_0_100"),
+            "components": {
+                name: {
+                    "score": i.score,
+                    "confidence": round(i.confidence, 4),
+                    "weight": weights[name],
+                    "used": i.used,
+                    "stale": i.stale,
+                    "missing": i.missing,
+                    "details": dict(i.details),
+                }
+                for name, i in inputs.items()
+            },
+            "reasons": decision.reasons,
+            "missing": decision.missing,
+            "degraded": decision.degraded,
+            "inputs_at": {name: i.at for name, i in inputs.items()},
+            "price": market_data["price"],
+            "price_time": market_data["price_time"],
+            "batch_id": batch_id,
+            "ts": utc_iso(self.clock.now()),
+            "cached": False,
+        }
+
+    async def _store(self, payload: dict[str, Any]) -> None:
+        """The prediction and its signal's outbox row in one transaction, then the broadcast."""
+        fields = ("symbol", "signal", "confidence", "price", "price_time", "degraded", "batch_id", "ts")
+        signal = self.bus.event(EventType.TRADE_SIGNAL, {key: payload[key] for key in fields})
+        payload["event_id"] = signal.id
+
+        def write(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                cursor = conn.execute(
+                    "INSERT INTO predictions (batch_id, symbol, signal, confidence, combined, regime, price, "
+                    "price_time, degraded, created_at, event_id, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (payload["batch_id"], payload["symbol"], payload["signal"], payload["confidence"],
+                     payload["combined_score"], payload["regime"], payload["price"], payload["price_time"],
+                     int(payload["degraded"]), payload["ts"], signal.id, orjson.dumps(payload)),
+                )  # fmt: skip
+                Outbox.add(conn, SIGNALS_STREAM, signal)
+                return int(cursor.lastrowid or 0)
+
+        payload["id"] = await self._db(write)
+        self._prediction_count += 1
+        self.stats.incr(f"signals.{payload['signal'].lower()}")
+        self.bus.wake_relay()
+        await self.bus.publish(EventType.PREDICTION_GENERATED, payload)
+
+    # -- buy rate -------------------------------------------------------------------------
+
+    async def _after_batch(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Update the buy rates; publish one ``buy_rate_alert`` when the rolling rate crosses the
+        threshold, and re-arm only once it falls below threshold - hysteresis."""
+        self._latest_rate = sum(1 for p in batch if p["signal"] == "BUY") / len(batch)
+        self._latest_batch_at = utc_iso(self.clock.now())
+        self._rolling_rate = await self._db(lambda conn: _rolling(conn, self.config.buy_rate_window))
+        rate = self._rolling_rate or 0.0
+        if not self._alert_active and rate > self.config.buy_rate_threshold:
+            await self._set_alert(True)
+            message = (
+                f"{rate:.0%} of the last {self.config.buy_rate_window} predictions are BUY, above "
+                f"{self.config.buy_rate_threshold:.0%}: check the inputs before trusting the signals"
+            )
+            await self.bus.publish(EventType.BUY_RATE_ALERT, {**self._buy_rate(), "message": message})
+        elif self._alert_active and rate < self.config.buy_rate_threshold - self.config.buy_rate_hysteresis:
+            await self._set_alert(False)
+            log.info("buy rate back to %.0f%%: alert cleared", rate * 100)
+        return self._buy_rate()
+
+    async def _set_alert(self, active: bool) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO state (key, value) VALUES ('buy_rate_alert', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    ("active" if active else "clear",),
+                )
+
+        await self._db(write)
+        self._alert_active = active
+
+    def _buy_rate(self) -> dict[str, Any]:
+        return {
+            "latest": self._latest_rate,
+            "rolling": self._rolling_rate,
+            "window": self.config.buy_rate_window,
+            "threshold": self.config.buy_rate_threshold,
+            "hysteresis": self.config.buy_rate_hysteresis,
+            "alert_active": self._alert_active,
+            "latest_batch_at": self._latest_batch_at,
+        }
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _db(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        assert self.db is not None
+        return await self.db.run(work)
+
+    def _symbol(self, symbol: str, *, field: str = "symbol") -> str:
+        wanted = symbol.strip().upper()
+        for known in self.config.symbols:
+            if known.upper() == wanted:
+                return known
+        raise InvalidParams(
+            f"unknown symbol {symbol!r}; configured: {', '.join(self.config.symbols)} (prediction.symbols)",
+            field=field,
+        )
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health_checks(self) -> dict[str, Check]:
+        checks = super().health_checks()
+        if self.state is not ServiceState.RUNNING or self._last_batch is None:
+            return checks
+        made, degraded, failed = self._last_batch
+        if failed:
+            detail = f"latest batch: {len(failed)} symbol(s) failed: " + "; ".join(
+                f"{symbol}: {message}" for symbol, message in failed.items()
+            )
+            checks["latest_batch"] = {"status": "degraded", "detail": detail[:500]}
+        else:
+            note = f", {degraded} degraded (inputs missing or stale)" if degraded else ""
+            checks["latest_batch"] = {"status": "ok", "detail": f"latest batch: {made} predictions{note}"}
+        return checks
+
+    def health_figures(self) -> dict[str, Any]:
+        if self.state is not ServiceState.RUNNING:
+            return {}
+        return {
+            "prediction_count": self._prediction_count,
+            "cache_size": len(self._cache),
+            "current_buy_rate": self._rolling_rate,
+            "latest_batch_buy_rate": self._latest_rate,
+            "buy_rate_alert": self._alert_active,
+        }
+
+
+def _rolling(conn: sqlite3.Connection, window: int) -> float | None:
+    rows = conn.execute("SELECT signal FROM predictions ORDER BY id DESC LIMIT ?", (window,)).fetchall()
+    return sum(1 for (signal,) in rows if signal == "BUY") / len(rows) if rows else None
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, TradingError) else f"{type(exc).__name__}: {exc}"

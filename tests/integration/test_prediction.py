@@ -1,0 +1,310 @@
+"""The prediction service over its socket with real Redis and SQLite. Its three upstream services
+are small stand-ins on their real sockets, answering what each test sets, so every signal path,
+failure and the buy-rate alert can be driven exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from services.base.config import TradingHome, load_settings
+from services.base.errors import DependencyUnavailable, InvalidParams
+from services.base.events import CHANNEL_PREFIX, SIGNALS_STREAM
+from services.base.redis_server import EmbeddedRedis
+from services.base.rpc import rpc_method
+from services.base.rpc.client import RpcClient
+from services.base.service import BaseService
+from services.prediction.prediction_service import PredictionService
+from tests.conftest import eventually
+from tests.prediction_fakes import (
+    BEARISH_TECHNICALS,
+    BULLISH_TECHNICALS,
+    context_answer,
+    market_data_answer,
+    ml_answer,
+    sentiment_answer,
+)
+
+SYMBOLS = ["CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"]
+CONFIG = """
+[prediction]
+buy_rate_window = 4
+"""
+
+
+class Upstream(BaseService):
+    """A stand-in service: each method answers ``answers[method]`` (per symbol when a dict keyed
+    by symbol), or raises it when it is an exception."""
+
+    answers: ClassVar[dict[str, Any]]
+
+    def _answer(self, method: str, symbol: str | None = None) -> Any:
+        answer = self.answers[method]
+        if isinstance(answer, dict) and symbol in answer:
+            answer = answer[symbol]
+        if isinstance(answer, Exception):
+            raise answer
+        return {**answer, "symbol": symbol} if symbol else answer
+
+
+class MarketData(Upstream):
+    name = "market_data"
+    answers: ClassVar[dict[str, Any]] = {}
+
+    @rpc_method
+    def get_market_data(self, symbol: str, bars: int = 20) -> Any:
+        return self._answer("get_market_data", symbol)
+
+    @rpc_method
+    def get_market_context(self) -> Any:
+        return self._answer("get_market_context")
+
+
+class Sentiment(Upstream):
+    name = "sentiment"
+    answers: ClassVar[dict[str, Any]] = {}
+
+    @rpc_method
+    def analyze_sentiment(self, symbol: str) -> Any:
+        return self._answer("analyze_sentiment", symbol)
+
+
+class MlModel(Upstream):
+    name = "ml_model"
+    answers: ClassVar[dict[str, Any]] = {}
+
+    @rpc_method
+    def get_ensemble_prediction(self, symbol: str) -> Any:
+        return self._answer("get_ensemble_prediction", symbol)
+
+
+def set_market(technicals: dict[str, Any], regime: str = "bull", **extra: Any) -> None:
+    MarketData.answers = {
+        "get_market_data": market_data_answer(**technicals, **extra),
+        "get_market_context": context_answer(regime),
+    }
+
+
+def set_views(sentiment: float, ml: float) -> None:
+    Sentiment.answers = {"analyze_sentiment": sentiment_answer(sentiment, 0.8)}
+    MlModel.answers = {"get_ensemble_prediction": ml_answer(ml)}
+
+
+@pytest.fixture
+async def upstream(home: TradingHome, redis: EmbeddedRedis) -> AsyncIterator[dict[str, BaseService]]:
+    set_market(BULLISH_TECHNICALS)
+    set_views(0.6, 0.7)
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    services: dict[str, BaseService] = {cls.name: cls(settings) for cls in (MarketData, Sentiment, MlModel)}
+    for service in services.values():
+        await service.start()
+    yield services
+    for service in services.values():
+        await service.stop()
+
+
+@pytest.fixture
+async def prediction(
+    home: TradingHome, redis: EmbeddedRedis, upstream: dict[str, BaseService]
+) -> AsyncIterator[PredictionService]:
+    home.config_file.write_text(CONFIG)
+    service = PredictionService(load_settings(home, env={"REDIS_URL": redis.url}))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def client(prediction: PredictionService, home: TradingHome) -> AsyncIterator[RpcClient]:
+    async with RpcClient(home.socket_path("prediction"), timeout=20) as rpc:
+        yield rpc
+
+
+async def stream_entries(redis: EmbeddedRedis) -> list[dict[str, Any]]:
+    connection = aioredis.Redis.from_url(redis.url)
+    try:
+        entries = await connection.xrange(SIGNALS_STREAM)
+    finally:
+        await connection.aclose()
+    return [orjson.loads(fields[b"event"]) for _id, fields in entries]
+
+
+async def test_a_batch_is_stored_then_published_on_the_stream(
+    client: RpcClient, redis: EmbeddedRedis
+) -> None:
+    batch = await client.call("generate_predictions")
+    assert set(batch["predictions"]) == set(SYMBOLS)
+    assert batch["errors"] == {}
+    cba = batch["predictions"]["CBA.AX"]
+    assert cba["signal"] == "BUY"
+    assert cba["degraded"] is False
+    assert cba["regime"] == "bull"
+    assert set(cba["components"]) == {"technical", "sentiment", "ml", "market"}
+    assert cba["technical_score"] == pytest.approx(75.25)
+    assert cba["inputs_at"] == {
+        "technical": "2026-11-19",
+        "sentiment": "2026-11-19T22:00:00Z",
+        "ml": "2026-11-19",
+        "market": "2026-11-19",
+    }
+    assert cba["reasons"][0].startswith("combined score")
+
+    async def all_sent() -> bool:
+        return len(await stream_entries(redis)) == 4
+
+    await eventually(all_sent)
+    signals = {e["data"]["symbol"]: e for e in await stream_entries(redis)}
+    assert signals["CBA.AX"]["type"] == "trade_signal"
+    assert signals["CBA.AX"]["id"] == cba["event_id"]
+    assert signals["CBA.AX"]["data"]["signal"] == "BUY"
+    assert signals["CBA.AX"]["data"]["price"] == 100.0
+
+    history = await client.call("get_prediction_history", {"symbol": "CBA.AX", "limit": 5})
+    assert [h["id"] for h in history] == [cba["id"]]
+    everything = await client.call("get_prediction_history", {"limit": 8})
+    assert len(everything) == 4
+    assert {"symbol", "signal", "confidence", "ts", "degraded"} <= set(everything[0])
+    health = await client.call("health")
+    assert health["prediction_count"] == 4
+    assert health["cache_size"] == 4
+    assert health["current_buy_rate"] == 1.0
+
+
+async def test_the_cache_is_keyed_on_the_inputs_and_force_refresh_bypasses_it(client: RpcClient) -> None:
+    first = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    again = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    assert again["cached"] is True
+    assert again["id"] == first["id"]
+    forced = await client.call("generate_single_prediction", {"symbol": "CBA.AX", "force_refresh": True})
+    assert forced["id"] != first["id"]
+    # A new bar is a new input: no cache.
+    set_market(BULLISH_TECHNICALS, price_time="2026-11-20")
+    newer = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    assert newer["cached"] is False
+    assert newer["inputs_at"]["technical"] == "2026-11-20"
+    assert (await client.call("clear_cache")) == {"cleared": 1}
+    metrics = await client.call("metrics")
+    assert metrics["counters"]["cache.hits"] == 1
+    assert "input:market_data.get_market_data" in metrics["methods"]
+
+
+async def test_sell_and_hold_paths(client: RpcClient) -> None:
+    set_market(BEARISH_TECHNICALS, regime="bear")
+    set_views(-0.6, 0.3)
+    sell = await client.call("generate_single_prediction", {"symbol": "WBC.AX"})
+    assert sell["signal"] == "SELL"
+    set_market({}, regime="sideways")
+    set_views(0.05, 0.52)
+    hold = await client.call("generate_single_prediction", {"symbol": "WBC.AX"})
+    assert hold["signal"] == "HOLD"
+
+
+async def test_a_bear_market_buy_needs_more_and_is_reachable(client: RpcClient) -> None:
+    moderate = {**BULLISH_TECHNICALS, "crossover": None, "volume_ratio": 1.0}
+    set_market(moderate, regime="bear")
+    set_views(0.5, 0.65)
+    held = await client.call("generate_single_prediction", {"symbol": "ANZ.AX"})
+    assert held["signal"] == "HOLD"
+    assert held["threshold"] == 0.35
+    set_market(BULLISH_TECHNICALS, regime="bear", price_time="2026-11-20")
+    set_views(0.9, 0.9)
+    bought = await client.call("generate_single_prediction", {"symbol": "ANZ.AX"})
+    assert bought["signal"] == "BUY"
+    assert "in a bear market" in bought["reasons"][0]
+
+
+async def test_failing_inputs_degrade_and_a_failing_market_data_is_named(
+    client: RpcClient, upstream: dict[str, BaseService]
+) -> None:
+    Sentiment.answers = {"analyze_sentiment": DependencyUnavailable("MarketAux is down")}
+    await upstream["ml_model"].stop()
+    MarketData.answers["get_market_data"] = {
+        "NAB.AX": DependencyUnavailable("Yahoo Finance unreachable"),
+        **{s: market_data_answer(**BULLISH_TECHNICALS) for s in SYMBOLS if s != "NAB.AX"},
+    }
+    batch = await client.call("generate_predictions", {"force_refresh": True})
+    assert set(batch["predictions"]) == {"CBA.AX", "WBC.AX", "ANZ.AX"}
+    assert batch["errors"]["NAB.AX"]["code"] == -32000
+    assert "market_data" in batch["errors"]["NAB.AX"]["message"]
+    assert "Yahoo Finance unreachable" in batch["errors"]["NAB.AX"]["message"]
+    cba = batch["predictions"]["CBA.AX"]
+    assert cba["degraded"] is True
+    assert set(cba["missing"]) == {"sentiment", "ml"}
+    assert "MarketAux is down" in cba["missing"]["sentiment"]
+    assert "ml_model.sock" in cba["missing"]["ml"]
+    assert cba["components"]["sentiment"]["used"] is False
+    health = await client.call("health")
+    assert health["checks"]["latest_batch"]["status"] == "degraded"
+    assert "NAB.AX: market_data cannot give" in health["checks"]["latest_batch"]["detail"]
+    with pytest.raises(DependencyUnavailable) as caught:
+        await client.call("generate_single_prediction", {"symbol": "NAB.AX"})
+    assert caught.value.data["service"] == "market_data"
+    with pytest.raises(InvalidParams) as bad:
+        await client.call("generate_predictions", {"symbols": ["CBA.AX", "XYZ.AX"]})
+    assert bad.value.data["field"] == "symbols[1]"
+    metrics = await client.call("metrics")
+    assert metrics["methods"]["input:ml_model.get_ensemble_prediction"]["errors"] >= 3
+
+
+async def test_the_buy_rate_alert_fires_once_per_crossing(client: RpcClient, redis: EmbeddedRedis) -> None:
+    listener = aioredis.Redis.from_url(redis.url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(f"{CHANNEL_PREFIX}buy_rate_alert")
+    alerts: list[dict[str, Any]] = []
+
+    async def drain() -> None:
+        """Collect alerts until none has come for half a second."""
+        quiet = 0
+        while quiet < 5:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is None:
+                quiet += 1
+            else:
+                alerts.append(orjson.loads(message["data"]))
+                quiet = 0
+
+    try:
+        await drain()  # past the subscription's confirmation
+        for _ in range(3):  # all BUY, three batches: one alert
+            await client.call("generate_predictions", {"force_refresh": True})
+        await drain()
+        assert len(alerts) == 1
+        assert alerts[0]["data"]["rolling"] == 1.0
+        assert (await client.call("get_buy_rate"))["alert_active"] is True
+
+        set_market(BEARISH_TECHNICALS, regime="bear")
+        set_views(-0.6, 0.3)
+        await client.call("generate_predictions", {"force_refresh": True})  # all SELL: clears
+        rate = await client.call("get_buy_rate")
+        assert rate == rate | {"latest": 0.0, "rolling": 0.0, "alert_active": False, "threshold": 0.7}
+
+        set_market(BULLISH_TECHNICALS)
+        set_views(0.6, 0.7)
+        await client.call("generate_predictions", {"force_refresh": True})  # crosses again: a second alert
+        await drain()
+        assert len(alerts) == 2
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+
+
+async def test_signals_wait_in_the_outbox_while_redis_is_down(
+    client: RpcClient, redis: EmbeddedRedis, prediction: PredictionService
+) -> None:
+    redis.stop()
+    batch = await client.call("generate_predictions", {"force_refresh": True})
+    assert len(batch["predictions"]) == 4  # stored, answered, not lost
+    assert (await client.call("health"))["status"] == "degraded"
+    assert await prediction.bus.outbox_pending() == 4
+    redis.start()
+
+    async def delivered() -> bool:
+        return len(await stream_entries(redis)) == 4
+
+    await eventually(delivered, within=20)
+    ids = {e["id"] for e in await stream_entries(redis)}
+    assert ids == {p["event_id"] for p in batch["predictions"].values()}
