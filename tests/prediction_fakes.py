@@ -17,7 +17,7 @@ def market_data_answer(
     change_percent: float = 0.0,
     price: float = 100.0,
     price_time: str = "2026-11-19",
-    stale: bool = False,
+    sessions_behind: int = 0,
 ) -> dict[str, Any]:
     return {
         "symbol": "CBA.AX",
@@ -31,8 +31,8 @@ def market_data_answer(
             "moving_averages": {"price_vs_sma_50": vs_sma50, "price_vs_sma_200": vs_sma200},
         },
         "volume": {"available": True, "ratio_to_average": volume_ratio, "unusual": volume_ratio >= 2.0},
-        "stale": stale,
-        "sessions_behind": 3 if stale else 0,
+        "stale": sessions_behind > 0,
+        "sessions_behind": sessions_behind,
     }
 
 

@@ -2,7 +2,8 @@
 
 Every input is a score from -1 (bearish) to +1 (bullish) with a confidence from 0 to 1. The
 combined score is the mean of the available inputs weighted by ``weights`` x confidence. It is a
-BUY at or above ``buy_threshold[regime]``, a SELL at or below ``-sell_threshold[regime]``.
+BUY at or above ``buy_threshold[regime]``, a SELL at or below ``-sell_threshold[regime]``, the
+regime being the market context's (bull, sideways, bear).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from dataclasses import dataclass, field
 from services.base.config import register_section
 
 BIG4 = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
-INPUTS = ("technical", "sentiment", "ml", "market")
+INPUTS = ("technical", "sentiment", "ml")
 REGIMES = ("bull", "sideways", "bear")
-# The market input's score per regime.
-REGIME_SCORES = {"bull": 1.0, "sideways": 0.0, "bear": -1.0}
 TECHNICAL_PARTS = ("rsi", "macd", "bollinger", "trend", "volume")
 
 
@@ -24,7 +23,7 @@ TECHNICAL_PARTS = ("rsi", "macd", "bollinger", "trend", "volume")
 class PredictionConfig:
     symbols: tuple[str, ...] = BIG4
     weights: Mapping[str, float] = field(
-        default_factory=lambda: {"technical": 0.40, "sentiment": 0.20, "ml": 0.25, "market": 0.15}
+        default_factory=lambda: {"technical": 0.50, "sentiment": 0.20, "ml": 0.30}
     )
     technical_weights: Mapping[str, float] = field(
         default_factory=lambda: {"rsi": 0.25, "macd": 0.25, "bollinger": 0.15, "trend": 0.25, "volume": 0.10}
@@ -37,8 +36,10 @@ class PredictionConfig:
     sell_threshold: Mapping[str, float] = field(
         default_factory=lambda: {"bull": 0.25, "sideways": 0.25, "bear": 0.20}
     )
-    # A stale input (market data sessions behind, a stale sentiment result) counts at this share
-    # of its confidence; high market volatility lowers the market input's confidence likewise.
+    # A stale input (market data ``stale_after_sessions`` or more sessions behind, a stale
+    # sentiment result) counts at this share of its confidence; high market volatility multiplies
+    # the prediction's confidence by ``high_volatility_confidence``.
+    stale_after_sessions: int = 2
     stale_confidence: float = 0.5
     # A market context this many days older than a symbol's price describes another market.
     max_context_lag_days: int = 7
@@ -69,8 +70,14 @@ class PredictionConfig:
             or not 0 <= self.buy_rate_hysteresis < self.buy_rate_threshold
         ):
             raise ValueError("buy_rate_threshold in (0, 1], hysteresis in [0, threshold)")
-        if self.buy_rate_window < 1 or self.cache_ttl_s < 0:
-            raise ValueError("buy_rate_window >= 1 and cache_ttl_s >= 0")
+        if self.buy_rate_window < 1 or self.cache_ttl_s < 0 or self.history_limit < 1:
+            raise ValueError("buy_rate_window and history_limit >= 1, cache_ttl_s >= 0")
+        if not 0 < self.stale_confidence <= 1 or not 0 < self.high_volatility_confidence <= 1:
+            raise ValueError("stale_confidence and high_volatility_confidence must be in (0, 1]")
+        if not self.symbols or self.input_timeout_s <= 0:
+            raise ValueError("symbols must name at least one symbol; input_timeout_s must be > 0")
+        if self.stale_after_sessions < 1 or self.max_context_lag_days < 0:
+            raise ValueError("stale_after_sessions >= 1 and max_context_lag_days >= 0")
 
 
 def _same_keys(name: str, mapping: Mapping[str, float], wanted: tuple[str, ...]) -> None:

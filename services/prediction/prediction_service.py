@@ -7,8 +7,9 @@ then broadcast as ``prediction_generated``; the bus's relay puts the signal on t
 
 Market data is the one input a prediction cannot do without (it gives the price and the
 technicals): without it that symbol fails with -32000 naming it, and the rest of the batch goes on.
-Sentiment, ML and market context that fail or have zero confidence are left out, the weights
-renormalised, the confidence lowered and the prediction marked degraded, saying what was missing.
+Sentiment and ML that fail, answer something malformed or have zero confidence are left out, the
+weights renormalised, the confidence lowered and the prediction marked degraded, saying what was
+missing; without a market context the sideways thresholds apply, also marked degraded.
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ from services.base.events import SIGNALS_STREAM, EventType
 from services.base.outbox import Outbox
 from services.base.rpc import RpcClient, rpc_method
 from services.base.service import BaseService, Check, ServiceState
-from services.prediction.config import INPUTS, PredictionConfig
+from services.prediction.config import PredictionConfig
 from services.prediction.decision import (
+    Context,
     Decision,
     Input,
     check_reachable,
     context_for,
     decide,
-    market_input,
+    market_context,
     ml_input,
+    no_context,
     sentiment_input,
     technical_input,
     unavailable,
@@ -48,8 +51,6 @@ from services.prediction.decision import (
 from services.prediction.schema import MIGRATIONS
 
 log = logging.getLogger("services.prediction")
-
-SUMMARY_FIELDS = ("id", "symbol", "signal", "confidence", "combined_score", "degraded", "price", "ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,8 @@ class PredictionService(BaseService):
         self.config = settings.section("prediction", PredictionConfig)
         self._clients: dict[str, RpcClient] = {}
         self._cache: dict[str, Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._alert_lock = asyncio.Lock()
         self._prediction_count = 0
         self._latest_rate: float | None = None
         self._rolling_rate: float | None = None
@@ -105,15 +108,17 @@ class PredictionService(BaseService):
     ) -> dict[str, Any]:
         """Predictions for ``symbols`` (all configured when omitted), inputs fetched concurrently.
         A symbol that fails is reported in ``errors``; the others are still predicted."""
-        wanted = [
-            self._symbol(s, field=f"symbols[{i}]") for i, s in enumerate(symbols or self.config.symbols)
-        ]
-        if not wanted:
-            raise InvalidParams("symbols must name at least one symbol", field="symbols")
+        if symbols is not None and not symbols:
+            raise InvalidParams(
+                "symbols must name at least one symbol, or be left out for all", field="symbols"
+            )
+        named = symbols if symbols is not None else list(self.config.symbols)
+        # Each symbol once, whatever its spelling: two predictions would be two signals.
+        wanted = list(dict.fromkeys(self._symbol(s, field=f"symbols[{i}]") for i, s in enumerate(named)))
         batch_id = f"{utc_iso(self.clock.now())}-{secrets.token_hex(3)}"
-        market = await self._market_input()
+        context = await self._context()
         outcomes = await asyncio.gather(
-            *(self._predict(symbol, market, batch_id, force_refresh) for symbol in wanted),
+            *(self._predict(symbol, context, batch_id, force_refresh) for symbol in wanted),
             return_exceptions=True,
         )
         predictions: dict[str, Any] = {}
@@ -142,7 +147,8 @@ class PredictionService(BaseService):
         """One symbol's prediction; a failure is the error itself (e.g. -32000 naming market_data)."""
         symbol = self._symbol(symbol)
         batch_id = f"{utc_iso(self.clock.now())}-{secrets.token_hex(3)}"
-        prediction = await self._predict(symbol, await self._market_input(), batch_id, force_refresh)
+        prediction = await self._predict(symbol, await self._context(), batch_id, force_refresh)
+        self._last_batch = (1, int(prediction["degraded"]), {})
         await self._after_batch([prediction])
         return prediction
 
@@ -181,7 +187,15 @@ class PredictionService(BaseService):
 
     # -- one symbol -----------------------------------------------------------------------
 
-    async def _predict(self, symbol: str, market: Input, batch_id: str, force: bool) -> dict[str, Any]:
+    async def _predict(self, symbol: str, context: Context, batch_id: str, force: bool) -> dict[str, Any]:
+        # One prediction of a symbol at a time: two concurrent callers would both miss the cache
+        # and send the same signal twice.
+        async with self._locks.setdefault(symbol, asyncio.Lock()):
+            return await self._predict_locked(symbol, context, batch_id, force)
+
+    async def _predict_locked(
+        self, symbol: str, context: Context, batch_id: str, force: bool
+    ) -> dict[str, Any]:
         answers: tuple[Any, ...] = await asyncio.gather(
             self._ask("market_data", "get_market_data", {"symbol": symbol, "bars": 0}),
             self._ask("sentiment", "analyze_sentiment", {"symbol": symbol}),
@@ -195,41 +209,47 @@ class PredictionService(BaseService):
                 service="market_data",
                 symbol=symbol,
             )
-        inputs = {
-            "technical": technical_input(market_data, self.config),
-            "sentiment": self._read("sentiment", sentiment, lambda r: sentiment_input(r, self.config)),
-            "ml": self._read("ml", ml, ml_input),
-            "market": context_for(market, market_data.get("price_time"), self.config),
-        }
-        if not inputs["technical"].used:
+        try:
+            technical = technical_input(market_data, self.config)
+            price, price_time = float(market_data["price"]), str(market_data["price_time"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DependencyUnavailable(
+                f"market_data gave a malformed answer for {symbol}: {type(exc).__name__}: {exc}",
+                service="market_data",
+                symbol=symbol,
+            ) from None
+        if not technical.used:
             raise DependencyUnavailable(
                 f"market_data has too few bars of {symbol} for indicators",
                 service="market_data",
                 symbol=symbol,
             )
-        key = (market_data.get("price_time"), *(inputs[name].at for name in INPUTS), inputs["market"].score)
+        inputs = {
+            "technical": technical,
+            "sentiment": _read("sentiment", sentiment, lambda r: sentiment_input(r, self.config)),
+            "ml": _read("ml", ml, ml_input),
+        }
+        context = context_for(context, price_time, self.config)
+        # The cache key: the times of the inputs used (an unused one's time says nothing).
+        key = (price_time, context.at, context.regime, *(i.at if i.used else None for i in inputs.values()))
         cached = self._cache.get(symbol)
         fresh = cached is not None and time.monotonic() - cached.made < self.config.cache_ttl_s
         if not force and cached is not None and fresh and cached.key == key:
             self.stats.incr("cache.hits")
             return {**cached.payload, "cached": True}
-        decision = decide(inputs, self.config)
-        payload = self._payload(symbol, batch_id, market_data, inputs, decision)
+        decision = decide(inputs, context, self.config)
+        payload = self._payload(symbol, batch_id, price, price_time, inputs, context, decision)
         await self._store(payload)
         self._cache[symbol] = Cached(key, time.monotonic(), payload)
         return payload
 
-    def _read(self, name: str, answer: Any, convert: Callable[[Any], Input]) -> Input:
-        if isinstance(answer, BaseException):
-            return unavailable(name, f"{name} unavailable: {_message(answer)}")
-        return convert(answer)
-
-    async def _market_input(self) -> Input:
+    async def _context(self) -> Context:
         try:
-            context = await self._ask("market_data", "get_market_context", {})
+            return market_context(await self._ask("market_data", "get_market_context", {}))
         except TradingError as exc:
-            return unavailable("market", f"market context unavailable: {exc.message}")
-        return market_input(context, self.config)
+            return no_context(f"market context unavailable: {exc.message}")
+        except (KeyError, TypeError, ValueError) as exc:
+            return no_context(f"market context malformed: {type(exc).__name__}: {exc}")
 
     async def _ask(self, service: str, method: str, params: dict[str, Any]) -> Any:
         started = time.perf_counter()
@@ -246,8 +266,10 @@ class PredictionService(BaseService):
         self,
         symbol: str,
         batch_id: str,
-        market_data: dict[str, Any],
+        price: float,
+        price_time: str,
         inputs: dict[str, Input],
+        context: Context,
         decision: Decision,
     ) -> dict[str, Any]:
         weights = self.config.weights
@@ -258,6 +280,7 @@ class PredictionService(BaseService):
             "combined_score": decision.combined,
             "coverage": decision.coverage,
             "regime": decision.regime,
+            "volatility": context.volatility,
             "threshold": decision.threshold,
             "technical_score": inputs["technical"].details.get("score_0_100"),
             "components": {
@@ -275,9 +298,9 @@ class PredictionService(BaseService):
             "reasons": decision.reasons,
             "missing": decision.missing,
             "degraded": decision.degraded,
-            "inputs_at": {name: i.at for name, i in inputs.items()},
-            "price": market_data["price"],
-            "price_time": market_data["price_time"],
+            "inputs_at": {**{name: i.at for name, i in inputs.items()}, "market": context.at},
+            "price": price,
+            "price_time": price_time,
             "batch_id": batch_id,
             "ts": utc_iso(self.clock.now()),
             "cached": False,
@@ -316,16 +339,21 @@ class PredictionService(BaseService):
         self._latest_batch_at = utc_iso(self.clock.now())
         self._rolling_rate = await self._db(lambda conn: _rolling(conn, self.config.buy_rate_window))
         rate = self._rolling_rate or 0.0
-        if not self._alert_active and rate > self.config.buy_rate_threshold:
-            await self._set_alert(True)
-            message = (
-                f"{rate:.0%} of the last {self.config.buy_rate_window} predictions are BUY, above "
-                f"{self.config.buy_rate_threshold:.0%}: check the inputs before trusting the signals"
-            )
-            await self.bus.publish(EventType.BUY_RATE_ALERT, {**self._buy_rate(), "message": message})
-        elif self._alert_active and rate < self.config.buy_rate_threshold - self.config.buy_rate_hysteresis:
-            await self._set_alert(False)
-            log.info("buy rate back to %.0f%%: alert cleared", rate * 100)
+        async with self._alert_lock:  # one alert per crossing, however many batches run at once
+            if not self._alert_active and rate > self.config.buy_rate_threshold:
+                message = (
+                    f"{rate:.0%} of the last {self.config.buy_rate_window} predictions are BUY, above "
+                    f"{self.config.buy_rate_threshold:.0%}: check the inputs before trusting the signals"
+                )
+                data = {**self._buy_rate(), "alert_active": True, "message": message}
+                # Armed only once it went out: with Redis away, the next batch tries again.
+                if await self.bus.publish(EventType.BUY_RATE_ALERT, data) is not None:
+                    await self._set_alert(True)
+            elif (
+                self._alert_active and rate < self.config.buy_rate_threshold - self.config.buy_rate_hysteresis
+            ):
+                await self._set_alert(False)
+                log.info("buy rate back to %.0f%%: alert cleared", rate * 100)
         return self._buy_rate()
 
     async def _set_alert(self, active: bool) -> None:
@@ -399,6 +427,17 @@ class PredictionService(BaseService):
 def _rolling(conn: sqlite3.Connection, window: int) -> float | None:
     rows = conn.execute("SELECT signal FROM predictions ORDER BY id DESC LIMIT ?", (window,)).fetchall()
     return sum(1 for (signal,) in rows if signal == "BUY") / len(rows) if rows else None
+
+
+def _read(name: str, answer: Any, convert: Callable[[Any], Input]) -> Input:
+    """An optional input: unavailable, with the reason, when its service failed or answered
+    something malformed."""
+    if isinstance(answer, BaseException):
+        return unavailable(name, f"{name} unavailable: {_message(answer)}")
+    try:
+        return convert(answer)
+    except (KeyError, TypeError, ValueError) as exc:
+        return unavailable(name, f"{name} answer malformed: {type(exc).__name__}: {exc}")
 
 
 def _message(exc: BaseException) -> str:

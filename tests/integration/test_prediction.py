@@ -4,6 +4,7 @@ failure and the buy-rate alert can be driven exactly."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -143,7 +144,7 @@ async def test_a_batch_is_stored_then_published_on_the_stream(
     assert cba["signal"] == "BUY"
     assert cba["degraded"] is False
     assert cba["regime"] == "bull"
-    assert set(cba["components"]) == {"technical", "sentiment", "ml", "market"}
+    assert set(cba["components"]) == {"technical", "sentiment", "ml"}
     assert cba["technical_score"] == pytest.approx(75.25)
     assert cba["inputs_at"] == {
         "technical": "2026-11-19",
@@ -204,14 +205,15 @@ async def test_sell_and_hold_paths(client: RpcClient) -> None:
 
 
 async def test_a_bear_market_buy_needs_more_and_is_reachable(client: RpcClient) -> None:
-    moderate = {**BULLISH_TECHNICALS, "crossover": None, "volume_ratio": 1.0}
+    # Bullish as real data gets (technical score 57.65), mild news and models.
+    moderate = {"rsi": 58.0, "histogram": 0.2, "percent_b": 0.7, "vs_sma50": 0.02, "vs_sma200": 0.05}
     set_market(moderate, regime="bear")
-    set_views(0.5, 0.65)
+    set_views(0.3, 0.6)
     held = await client.call("generate_single_prediction", {"symbol": "ANZ.AX"})
     assert held["signal"] == "HOLD"
     assert held["threshold"] == 0.35
-    set_market(BULLISH_TECHNICALS, regime="bear", price_time="2026-11-20")
-    set_views(0.9, 0.9)
+    set_market({**moderate, "crossover": "bullish"}, regime="bear", price_time="2026-11-20")
+    set_views(0.5, 0.65)
     bought = await client.call("generate_single_prediction", {"symbol": "ANZ.AX"})
     assert bought["signal"] == "BUY"
     assert "in a bear market" in bought["reasons"][0]
@@ -308,3 +310,83 @@ async def test_signals_wait_in_the_outbox_while_redis_is_down(
     await eventually(delivered, within=20)
     ids = {e["id"] for e in await stream_entries(redis)}
     assert ids == {p["event_id"] for p in batch["predictions"].values()}
+
+
+async def test_concurrent_and_repeated_requests_make_one_signal(
+    client: RpcClient, redis: EmbeddedRedis
+) -> None:
+    first, second = await asyncio.gather(
+        client.call("generate_single_prediction", {"symbol": "CBA.AX"}),
+        client.call("generate_single_prediction", {"symbol": "CBA.AX"}),
+    )
+    assert first["id"] == second["id"]
+    assert sorted([first["cached"], second["cached"]]) == [False, True]
+    batch = await client.call(
+        "generate_predictions", {"symbols": ["WBC.AX", "wbc.ax"], "force_refresh": True}
+    )
+    assert list(batch["predictions"]) == ["WBC.AX"]
+
+    async def two_sent() -> bool:
+        return len(await stream_entries(redis)) == 2
+
+    await eventually(two_sent)
+    assert len(await client.call("get_prediction_history", {"limit": 10})) == 2
+    with pytest.raises(InvalidParams) as caught:
+        await client.call("generate_predictions", {"symbols": []})
+    assert caught.value.data["field"] == "symbols"
+
+
+async def test_the_cache_ignores_the_time_of_an_input_left_out(client: RpcClient) -> None:
+    # A sentiment service with no news rebuilds its empty answer, with a new time, on every call.
+    Sentiment.answers = {"analyze_sentiment": sentiment_answer(0.0, 0.0, source="none", reason="no token")}
+    first = await client.call("generate_single_prediction", {"symbol": "NAB.AX"})
+    Sentiment.answers = {
+        "analyze_sentiment": sentiment_answer(0.0, 0.0, source="none", reason="no token", computed_at="later")
+    }
+    again = await client.call("generate_single_prediction", {"symbol": "NAB.AX"})
+    assert again["cached"] is True
+    assert again["id"] == first["id"]
+
+
+async def test_malformed_answers_degrade_or_fail_the_symbol_with_the_reason(client: RpcClient) -> None:
+    MlModel.answers = {"get_ensemble_prediction": {"as_of": "2026-11-19"}}  # no probability_up
+    MarketData.answers["get_market_context"] = {**context_answer(), "regime": "euphoric"}
+    MarketData.answers["get_market_data"] = {
+        "NAB.AX": {"price_time": "2026-11-19"},  # no price, no indicators
+        **{s: market_data_answer(**BULLISH_TECHNICALS) for s in SYMBOLS if s != "NAB.AX"},
+    }
+    batch = await client.call("generate_predictions")
+    cba = batch["predictions"]["CBA.AX"]
+    assert cba["missing"]["ml"] == "ml answer malformed: KeyError: 'probability_up'"
+    assert "unknown market regime 'euphoric'" in cba["missing"]["market"]
+    assert cba["regime"] is None
+    assert batch["errors"]["NAB.AX"]["code"] == -32000
+    assert "market_data" in batch["errors"]["NAB.AX"]["message"]
+
+
+async def test_the_alert_state_survives_a_restart_and_waits_for_redis(
+    home: TradingHome, redis: EmbeddedRedis, upstream: dict[str, BaseService]
+) -> None:
+    home.config_file.write_text(CONFIG)
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    service = PredictionService(settings)
+    await service.start()
+    try:
+        redis.stop()  # the first crossing happens while the alert cannot be sent
+        await service.generate_predictions()
+        assert service.get_buy_rate()["alert_active"] is False
+        redis.start()
+        await eventually(lambda: service.bus.connected, within=20)
+        await service.generate_predictions(force_refresh=True)
+        assert service.get_buy_rate()["alert_active"] is True
+    finally:
+        await service.stop()
+    restarted = PredictionService(settings)
+    await restarted.start()
+    try:
+        rate = restarted.get_buy_rate()
+        assert rate["alert_active"] is True
+        assert rate["rolling"] == 1.0
+        assert restarted.health_figures()["prediction_count"] == 8
+    finally:
+        await restarted.stop()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.base.errors import ConfigError
 from services.prediction.config import PredictionConfig
 from services.prediction.decision import (
-    best_score,
+    Context,
+    Input,
+    best_technical,
     check_reachable,
     context_for,
     decide,
-    market_input,
+    market_context,
     ml_input,
+    no_context,
     sentiment_input,
     technical_input,
     unavailable,
@@ -27,21 +32,27 @@ from tests.prediction_fakes import (
 )
 
 CONFIG = PredictionConfig()
+# Bullish, as real data gets: an uptrend with momentum, RSI mid-range (technical score 57.65).
+MODERATE = {"rsi": 58.0, "histogram": 0.2, "percent_b": 0.7, "vs_sma50": 0.02, "vs_sma200": 0.05}
 
 
-def inputs(technical: dict, sentiment: dict | None, ml: dict | None, regime: str | None) -> dict:
+def inputs(technical: dict[str, Any], sentiment: dict | None, ml: dict | None) -> dict[str, Input]:
     return {
         "technical": technical_input(market_data_answer(**technical), CONFIG),
         "sentiment": sentiment_input(sentiment, CONFIG) if sentiment else unavailable("sentiment", "down"),
         "ml": ml_input(ml) if ml else unavailable("ml", "down"),
-        "market": market_input(context_answer(regime), CONFIG) if regime else unavailable("market", "down"),
     }
+
+
+def context(regime: str = "bull", volatility: str = "normal") -> Context:
+    return market_context(context_answer(regime, volatility))
 
 
 def test_technical_score_from_each_indicator() -> None:
     neutral = technical_input(market_data_answer(), CONFIG)
     bullish = technical_input(market_data_answer(**BULLISH_TECHNICALS), CONFIG)
     bearish = technical_input(market_data_answer(**BEARISH_TECHNICALS), CONFIG)
+    moderate = technical_input(market_data_answer(**MODERATE), CONFIG)
     assert bullish.details["parts"] == {
         "rsi": 75.0,
         "macd": 80.0,
@@ -56,13 +67,17 @@ def test_technical_score_from_each_indicator() -> None:
         "trend": 25.0,
         "volume": 35.0,
     }
-    # 0.25*75 + 0.25*80 + 0.15*75 + 0.25*75 + 0.10*65 = 75.25 -> (75.25 / 50) - 1
+    # 0.25*75 + 0.25*80 + 0.15*75 + 0.25*75 + 0.10*65 = 75.25: past 75, fully bullish.
     assert bullish.details["score_0_100"] == pytest.approx(75.25)
-    assert bullish.score == pytest.approx(0.505)
-    assert bearish.score == pytest.approx(-0.505)
+    assert bullish.score == 1.0
+    assert bearish.score == -1.0
+    # 0.25*(60 - 28/40*20) + 0.25*62 + 0.15*(60 - 0.7*20) + 0.25*75 + 0.10*50 = 57.65 -> 7.65 / 25
+    assert moderate.details["score_0_100"] == pytest.approx(57.65)
+    assert moderate.score == pytest.approx(0.306)
     assert neutral.score is not None
-    assert -0.15 < neutral.score < 0.15
+    assert abs(neutral.score) < 0.3
     assert any("RSI 28 oversold" in r for r in bullish.reasons)
+    assert best_technical(CONFIG) == 1.0
 
 
 def test_missing_indicators_are_left_out_of_the_technical_score() -> None:
@@ -71,89 +86,113 @@ def test_missing_indicators_are_left_out_of_the_technical_score() -> None:
     answer["volume"] = {"available": False}
     technical = technical_input(answer, CONFIG)
     assert set(technical.details["parts"]) == {"rsi", "macd", "bollinger"}
-    # (0.25*75 + 0.25*80 + 0.15*75) / 0.65
     assert technical.details["score_0_100"] == pytest.approx((18.75 + 20 + 11.25) / 0.65, abs=0.01)
     answer["indicators"] = {}
     assert not technical_input(answer, CONFIG).used
 
 
 def test_buy_sell_and_hold() -> None:
-    buy = decide(inputs(BULLISH_TECHNICALS, sentiment_answer(0.6, 0.8), ml_answer(0.7), "bull"), CONFIG)
-    sell = decide(inputs(BEARISH_TECHNICALS, sentiment_answer(-0.6, 0.8), ml_answer(0.3), "bear"), CONFIG)
-    hold = decide(inputs({}, sentiment_answer(0.05, 0.8), ml_answer(0.52), "sideways"), CONFIG)
+    buy = decide(inputs(MODERATE, sentiment_answer(0.6, 0.8), ml_answer(0.7)), context("bull"), CONFIG)
+    sell = decide(
+        inputs(BEARISH_TECHNICALS, sentiment_answer(-0.6, 0.8), ml_answer(0.3)), context("bear"), CONFIG
+    )
+    hold = decide(inputs({}, sentiment_answer(0.05, 0.8), ml_answer(0.52)), context("sideways"), CONFIG)
     assert (buy.signal, sell.signal, hold.signal) == ("BUY", "SELL", "HOLD")
     assert not buy.degraded
     assert buy.missing == {}
-    assert buy.reasons[0].startswith("combined score +")
     assert "BUY threshold 0.20 in a bull market" in buy.reasons[0]
     assert "SELL threshold -0.20 in a bear market" in sell.reasons[0]
-    assert 0 < hold.confidence <= 1
-    assert buy.coverage < 1  # sentiment and ML count at their confidence
+    assert "between -0.25 and 0.25 in a sideways market" in hold.reasons[0]
+    assert any(r.startswith("market: bull market") for r in buy.reasons)
 
 
-def test_the_combined_score_is_the_confidence_weighted_mean() -> None:
-    given = inputs(BULLISH_TECHNICALS, sentiment_answer(0.6, 0.5), ml_answer(0.75, 1.0), "bull")
-    decision = decide(given, CONFIG)
+def test_the_combined_score_and_confidence_by_formula() -> None:
+    given = inputs(MODERATE, sentiment_answer(0.6, 0.5), ml_answer(0.75, agreement=2 / 3))
+    decision = decide(given, context("bull"), CONFIG)
     w = CONFIG.weights
-    parts = [
-        (w["technical"], 1.0, 0.505),
-        (w["sentiment"], 0.5, 0.6),
-        (w["ml"], 0.5, 0.5),
-        (w["market"], 1.0, 1.0),
-    ]
+    parts = [(w["technical"], 1.0, 0.306), (w["sentiment"], 0.5, 0.6), (w["ml"], 2 / 3, 0.5)]
     expected = sum(wi * ci * si for wi, ci, si in parts) / sum(wi * ci for wi, ci, _ in parts)
+    coverage = sum(wi * ci for wi, ci, _ in parts) / sum(w.values())
     assert decision.combined == pytest.approx(expected, abs=1e-4)
-    assert decision.coverage == pytest.approx(sum(wi * ci for wi, ci, _ in parts) / sum(w.values()), abs=1e-4)
-    margin = (expected - 0.20) / 0.80
-    assert decision.confidence == pytest.approx(decision.coverage * (0.5 + 0.5 * margin), abs=1e-3)
+    assert decision.coverage == pytest.approx(coverage, abs=1e-4)
+    margin = (decision.combined - 0.20) / 0.80
+    assert decision.confidence == pytest.approx(coverage * (0.5 + 0.5 * margin), abs=1e-4)
+    # A HOLD's margin: how far from the threshold on its side.
+    hold = decide(inputs({}, None, None), context("bull"), CONFIG)
+    assert hold.signal == "HOLD"
+    side = 0.20 if hold.combined >= 0 else 0.25
+    distance = (0.20 - hold.combined) if hold.combined >= 0 else (hold.combined + 0.25)
+    assert hold.confidence == pytest.approx(hold.coverage * (0.5 + 0.5 * distance / side), abs=1e-4)
+
+
+def test_high_volatility_lowers_confidence_only() -> None:
+    calm = decide(inputs(MODERATE, sentiment_answer(0.6, 0.8), ml_answer(0.7)), context("bull"), CONFIG)
+    wild = decide(
+        inputs(MODERATE, sentiment_answer(0.6, 0.8), ml_answer(0.7)), context("bull", "high"), CONFIG
+    )
+    assert wild.signal == calm.signal == "BUY"
+    assert wild.combined == calm.combined
+    assert wild.confidence == pytest.approx(calm.confidence * CONFIG.high_volatility_confidence, abs=1e-4)
 
 
 def test_a_bear_market_is_stricter_but_a_buy_stays_reachable() -> None:
-    moderate = {**BULLISH_TECHNICALS, "crossover": None, "volume_ratio": 1.0}
-    sentiment, ml = sentiment_answer(0.5, 0.6), ml_answer(0.65)
-    in_bull = decide(inputs(moderate, sentiment, ml, "bull"), CONFIG)
-    in_bear = decide(inputs(moderate, sentiment, ml, "bear"), CONFIG)
+    views = sentiment_answer(0.3, 0.5), ml_answer(0.6)
+    in_bull = decide(inputs(MODERATE, *views), context("bull"), CONFIG)
+    in_bear = decide(inputs(MODERATE, *views), context("bear"), CONFIG)
+    assert in_bull.combined == in_bear.combined  # the regime moves the bar, not the score
     assert in_bull.signal == "BUY"
     assert in_bear.signal == "HOLD"
     assert in_bear.threshold == CONFIG.buy_threshold["bear"] > CONFIG.buy_threshold["bull"]
-    # Strong evidence still buys against a bear market...
-    strong = decide(inputs(BULLISH_TECHNICALS, sentiment_answer(0.9, 1.0), ml_answer(0.9), "bear"), CONFIG)
-    assert strong.signal == "BUY"
-    assert "in a bear market" in strong.reasons[0]
-    assert strong.combined <= best_score(CONFIG, "bear")
+    # Stronger but realistic evidence buys against a bear market, even with the technicals alone.
+    stronger = {**MODERATE, "crossover": "bullish", "percent_b": 0.4}
+    alone = decide(inputs(stronger, None, None), context("bear"), CONFIG)
+    assert alone.signal == "BUY"
+    assert "in a bear market" in alone.reasons[0]
+    assert set(alone.missing) == {"sentiment", "ml"}
 
 
 def test_an_unreachable_buy_is_a_config_error() -> None:
     check_reachable(CONFIG)
-    # The technical input is at best +0.505 (75.25 of 100: RSI 75, a MACD cross 80, below the band 75,
-    # uptrend 75, volume 65).
-    assert best_score(CONFIG, "bear") == pytest.approx(0.4 * 0.505 + 0.2 + 0.25 - 0.15, abs=1e-3)
-    strict = PredictionConfig(buy_threshold={"bull": 0.2, "sideways": 0.25, "bear": 0.6})
-    with pytest.raises(ConfigError, match=r"buy_threshold\.bear = 0\.6 is unreachable"):
-        check_reachable(strict)
+    strict = PredictionConfig(
+        technical_weights={"rsi": 1.0, "macd": 0.0, "bollinger": 0.0, "trend": 0.0, "volume": 0.0}
+    )
+    # RSI alone tops out at 75 -> +1.0: still reachable.
+    check_reachable(strict)
+    lenient_parts = PredictionConfig(
+        technical_weights={"rsi": 0.0, "macd": 0.0, "bollinger": 0.0, "trend": 0.0, "volume": 1.0}
+    )
+    # Volume alone tops out at 65 -> +0.6, below the bear threshold 0.35? No: 0.6 >= 0.35.
+    check_reachable(lenient_parts)
+    too_strict = PredictionConfig(
+        technical_weights={"rsi": 0.0, "macd": 0.0, "bollinger": 0.0, "trend": 0.0, "volume": 1.0},
+        buy_threshold={"bull": 0.2, "sideways": 0.25, "bear": 0.7},
+    )
+    with pytest.raises(ConfigError, match=r"buy_threshold\.bear = 0\.7 is unreachable"):
+        check_reachable(too_strict)
     with pytest.raises(ValueError, match="exactly the keys"):
         PredictionConfig(weights={"technical": 1.0})
+    with pytest.raises(ValueError, match="stale_confidence"):
+        PredictionConfig(stale_confidence=3.0)
 
 
 def test_missing_inputs_are_left_out_and_said() -> None:
-    full = decide(inputs(BULLISH_TECHNICALS, sentiment_answer(0.6, 0.8), ml_answer(0.7), "bull"), CONFIG)
-    partial = decide(inputs(BULLISH_TECHNICALS, None, None, "bull"), CONFIG)
+    full = decide(inputs(MODERATE, sentiment_answer(0.6, 0.8), ml_answer(0.7)), context("bull"), CONFIG)
+    partial = decide(inputs(MODERATE, None, None), context("bull"), CONFIG)
     assert partial.degraded
     assert set(partial.missing) == {"sentiment", "ml"}
     assert partial.confidence < full.confidence
-    assert partial.coverage == pytest.approx((CONFIG.weights["technical"] + CONFIG.weights["market"]) / 1.0)
+    assert partial.coverage == pytest.approx(CONFIG.weights["technical"] / sum(CONFIG.weights.values()))
     assert any(r.startswith("sentiment left out: down") for r in partial.reasons)
-    # No market context: sideways thresholds, and said.
-    no_context = decide(inputs(BULLISH_TECHNICALS, None, None, None), CONFIG)
-    assert no_context.regime is None
-    assert "no market context" in no_context.reasons[0]
-    assert no_context.threshold == CONFIG.buy_threshold["sideways"]
+    blind = decide(inputs(MODERATE, None, None), no_context("market context unavailable: down"), CONFIG)
+    assert blind.regime is None
+    assert "no market context" in blind.reasons[0]
+    assert blind.threshold == CONFIG.buy_threshold["sideways"]
+    assert blind.missing["market"] == "market context unavailable: down"
 
 
 def test_zero_confidence_inputs_count_as_missing() -> None:
     none_source = sentiment_answer(0.0, 0.0, source="none", reason="no MarketAux token")
-    given = inputs(BULLISH_TECHNICALS, none_source, ml_answer(0.5), "bull")
-    decision = decide(given, CONFIG)
+    decision = decide(inputs(MODERATE, none_source, ml_answer(0.5)), context("bull"), CONFIG)
     assert decision.missing == {
         "sentiment": "sentiment has zero confidence: no MarketAux token",
         "ml": "the ML ensemble is undecided (P(up) 0.50)",
@@ -162,19 +201,24 @@ def test_zero_confidence_inputs_count_as_missing() -> None:
 
 
 def test_stale_inputs_count_less_and_degrade() -> None:
-    fresh = technical_input(market_data_answer(**BULLISH_TECHNICALS), CONFIG)
-    stale = technical_input(market_data_answer(**BULLISH_TECHNICALS, stale=True), CONFIG)
+    fresh = technical_input(market_data_answer(**MODERATE, sessions_behind=1), CONFIG)
+    stale = technical_input(market_data_answer(**MODERATE, sessions_behind=3), CONFIG)
+    assert not fresh.stale  # one session behind is normal before the day's bar arrives
     assert stale.confidence == CONFIG.stale_confidence * fresh.confidence
     assert "market data is 3 sessions behind" in stale.reasons
-    decision = decide({"technical": stale, "market": market_input(context_answer("bull"), CONFIG)}, CONFIG)
-    assert decision.degraded
-    high = market_input(context_answer("bull", volatility="high"), CONFIG)
-    assert high.confidence == CONFIG.high_volatility_confidence
+    assert decide({"technical": stale}, context("bull"), CONFIG).degraded
+    old_context = Context("bull", "normal", "2026-11-19", stale=True)
+    assert decide({"technical": fresh}, old_context, CONFIG).degraded
 
 
-def test_a_market_context_much_older_than_the_price_is_left_out() -> None:
-    market = market_input(context_answer("bull"), CONFIG)  # as of 2026-11-19
-    assert context_for(market, "2026-11-20", CONFIG) is market
-    old = context_for(market, "2026-12-20", CONFIG)
-    assert not old.used
+def test_a_market_context_far_from_the_price_is_left_out() -> None:
+    current = context("bull")  # as of 2026-11-19
+    assert context_for(current, "2026-11-20", CONFIG) is current
+    old = context_for(current, "2026-12-20", CONFIG)
+    assert old.regime is None
     assert old.missing == "market context is of 2026-11-19, 31 days older than the price (2026-12-20)"
+    ahead = context_for(current, "2025-11-19", CONFIG)
+    assert ahead.missing is not None
+    assert "365 days newer" in ahead.missing
+    with pytest.raises(ValueError, match="unknown market regime"):
+        market_context({**context_answer(), "regime": "euphoric"})
