@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from services.base.db import migrate, transaction
 from services.paper_trading.ledger import (
-    MIGRATIONS,
     account,
     buy,
     cents_of,
@@ -23,6 +22,7 @@ from services.paper_trading.ledger import (
     sell,
     to_price,
 )
+from services.paper_trading.schema import MIGRATIONS
 
 NOW = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX")
