@@ -50,11 +50,9 @@ def _cents(dollars: float) -> int:
 
 
 def buy_quantity(portfolio: Portfolio, price: Decimal, config: PaperTradingConfig) -> int:
-    """Whole shares for a new position: ``position_size`` of portfolio value, at most ``max_position_value``."""
-    budget = min(
-        Decimal(portfolio.equity_cents) * Decimal(str(config.position_size)),
-        _cents(config.max_position_value),
-    )
+    """Whole shares for a new position: ``position_size`` of the portfolio, at most ``max_position_value``."""
+    share = Decimal(portfolio.equity_cents) * Decimal(str(config.position_size))
+    budget = min(share, Decimal(_cents(config.max_position_value)))
     return int((budget / (price * 100)).to_integral_value(ROUND_FLOOR))
 
 

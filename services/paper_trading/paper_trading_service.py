@@ -1,0 +1,718 @@
+"""The paper trading service: signals and manual orders into an exact ledger, under trading rules.
+
+Signals come from the durable ``trading:signals`` stream through the ``paper_trading`` consumer
+group. Each is recorded with its order in one transaction (the event id in the ``Inbox``), so a
+signal is applied once however often it is delivered, and acknowledged only after that commit.
+A BUY at or above ``buy_confidence`` opens a position when none is open; a SELL closes one.
+
+An order fills at the latest market-data price of the current session plus slippage while the
+ASX is open. Outside market hours, or without a price of the current session, it waits and fills
+at the next session's first price (or expires, ``after_hours = "expire"``); a price is never made
+up. Stop-loss and take-profit are checked on every ``market_data_updated`` event and every
+``check_interval_s`` while the market is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+import requests
+
+from services.asx.calendar import SYDNEY, AsxCalendar
+from services.base.clock import utc_iso
+from services.base.config import Settings
+from services.base.db import migrate, transaction
+from services.base.errors import DependencyUnavailable, InvalidParams, Rejected, TradingError
+from services.base.events import SIGNALS_STREAM, Event, EventType
+from services.base.outbox import Inbox
+from services.base.rpc import RpcClient, rpc_method
+from services.base.service import BaseService, Check, ServiceState
+from services.paper_trading import ledger
+from services.paper_trading.analytics import ClosedTrade, max_drawdown, ratios, trade_statistics
+from services.paper_trading.config import PaperTradingConfig
+from services.paper_trading.ledger import Fill, dollars, to_price
+from services.paper_trading.rules import Costs, Portfolio, buy_quantity, check_buy
+from services.paper_trading.schema import MIGRATIONS
+
+log = logging.getLogger("services.paper_trading")
+
+T = TypeVar("T")
+CONSUMER_GROUP = "paper_trading"
+PERIODS = {"day": 1, "week": 7, "month": 31, "all": None}
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    price: Decimal
+    price_time: str  # the session date of the bar
+
+
+class PaperTradingService(BaseService):
+    name = "paper_trading"
+    uses_database = True
+    database_synchronous = "FULL"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        calendar: AsxCalendar | None = None,
+        ig_env: Mapping[str, str] | None = None,
+        ig_session: requests.Session | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(settings, **kwargs)
+        # IG credentials' environment and HTTP session (tests replace the session's transport).
+        self._ig_env = ig_env
+        self._ig_session = ig_session
+        self.config = settings.section("paper_trading", PaperTradingConfig)
+        self.calendar = calendar or AsxCalendar()
+        self.costs = Costs(self.config)
+        self.stop_loss = Decimal(str(self.config.stop_loss))
+        self.take_profit = Decimal(str(self.config.take_profit))
+        # Every change of the book runs under this lock: signals, timer, RPC and stops interleave.
+        self._book = asyncio.Lock()
+        self._market_data: RpcClient | None = None
+        self._quotes: dict[str, Quote] = {}
+        self._risk_alert_day: date | None = None
+        self._last_price_error: str | None = None
+        self._fills = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        now = self.clock.now()
+
+        def prepare(conn: sqlite3.Connection) -> None:
+            migrate(conn, MIGRATIONS)
+            Inbox.create_tables(conn)
+            with transaction(conn):
+                ledger.open_account(conn, _cents(self.config.starting_capital), now)
+            ledger.reconcile(conn)
+
+        await self._db(prepare)
+        self._market_data = RpcClient(
+            self.home.socket_path("market_data"), timeout=self.config.price_timeout_s, connect_attempts=1
+        )
+        self.bus.consume(
+            SIGNALS_STREAM, CONSUMER_GROUP, f"paper_trading-{self.home.root.name}", self._on_signal
+        )
+        self.bus.subscribe(EventType.MARKET_DATA_UPDATED, self._on_price_update)
+        self.spawn(self._watch(), name="watch")
+
+    async def _stop(self) -> None:
+        if self._market_data is not None:
+            await self._market_data.close()
+
+    async def _watch(self) -> None:
+        """Pending orders and stops, every ``check_interval_s`` while the market is open."""
+        while True:
+            if self._market_open():
+                try:
+                    await self._work_pending()
+                    await self._check_stops(None)
+                except Exception:  # logged; the next round tries again
+                    log.exception("checking orders and stops failed")
+            await self.clock.sleep(self.config.check_interval_s)
+
+    # -- signals --------------------------------------------------------------------------
+
+    async def _on_signal(self, event: Event) -> None:
+        """Record the signal and its order in one transaction; then try to fill the order."""
+        data = event.data
+        symbol, action = data.get("symbol"), data.get("signal")
+        confidence = float(data.get("confidence") or 0.0)
+        now = self.clock.now()
+
+        def record(conn: sqlite3.Connection) -> int | None:
+            with transaction(conn):
+                if Inbox.seen(conn, event.id):
+                    return None
+                Inbox.record(conn, SIGNALS_STREAM, event.id, now)
+                held = ledger.positions(conn).get(str(symbol))
+                ignored = self._ignored(symbol, action, confidence, held is not None)
+                if ignored:
+                    self.stats.incr(f"signals.ignored.{ignored}")
+                    return None
+                side = "BUY" if action == "BUY" else "SELL"
+                quantity = None if side == "BUY" else held.quantity if held else None
+                return ledger.new_order(conn, symbol=str(symbol), side=side, quantity=quantity,
+                                        origin="signal", now=now, signal_id=event.id,
+                                        confidence=confidence)  # fmt: skip
+
+        async with self._book:
+            order_id = await self._db(record)
+        self.stats.incr("signals.received")
+        if order_id is not None:
+            await self._execute(order_id)
+
+    def _ignored(self, symbol: Any, action: Any, confidence: float, holding: bool) -> str | None:
+        if symbol not in self.config.symbols:
+            return "unknown_symbol"
+        if action == "BUY":
+            if confidence < self.config.buy_confidence:
+                return "low_confidence"
+            return "already_open" if holding else None
+        if action == "SELL":
+            return None if holding else "nothing_open"
+        return "hold"
+
+    async def _on_price_update(self, event: Event) -> None:
+        symbol = event.data.get("symbol")
+        if symbol in self.config.symbols and self._market_open():
+            await self._check_stops(str(symbol))
+
+    # -- orders ---------------------------------------------------------------------------
+
+    async def _execute(self, order_id: int) -> dict[str, Any]:
+        """Fill, reject, expire or leave an order waiting; the order's state after."""
+        order = await self._db(lambda conn: _order(conn, order_id))
+        if order["status"] != "pending":
+            return order
+        session = self.calendar.open_session(self.clock.now())
+        if session is None:
+            return await self._wait(
+                order_id, "the market is closed: waits for the next session's first price"
+            )
+        if self.config.after_hours == "expire" and order["created_at"] < utc_iso(session.open):
+            return await self._finish(
+                order_id, "expired", "placed outside market hours (after_hours = expire)"
+            )
+        try:
+            quote = await self._quote(order["symbol"])
+        except TradingError as exc:
+            return await self._wait(order_id, f"no price: {exc.message}")
+        if quote.price_time != session.date.isoformat():
+            return await self._wait(order_id, f"no price of today's session yet (latest {quote.price_time})")
+        async with self._book:
+            return await self._fill(order_id, quote)
+
+    async def _fill(self, order_id: int, quote: Quote) -> dict[str, Any]:
+        now = self.clock.now()
+        marks = await self._marks()
+        day_start = await self._day_start_equity()
+
+        def apply(conn: sqlite3.Connection) -> tuple[dict[str, Any], Fill | None, bool]:
+            with transaction(conn):
+                order = _order(conn, order_id)
+                if order["status"] != "pending":
+                    return order, None, False
+                symbol, side = order["symbol"], order["side"]
+                held = ledger.positions(conn).get(symbol)
+                try:
+                    fill = self._apply_order(conn, order, held, quote, marks, day_start, now)
+                except Rejected as exc:
+                    ledger.set_order(conn, order_id, "rejected", f"{exc.reason}: {exc.message}", now)
+                    return _order(conn, order_id), None, exc.reason == "max_daily_loss"
+                closed = side == "SELL" and held is not None and fill.quantity == held.quantity
+                ledger.reconcile(conn)
+                return {**_order(conn, order_id), "closed": closed}, fill, False
+
+        order, fill, daily_loss = await self._db(apply)
+        if daily_loss:
+            await self._risk_alert(order)
+        if fill is not None:
+            self._fills += 1
+            if self.config.ig.mirror_orders:
+                self.spawn(self._mirror(fill), name=f"ig-mirror-{fill.id}")
+            await self.bus.publish(EventType.TRADE_EXECUTED, {**fill.to_wire(), "origin": order["origin"]})
+            if order.get("closed"):
+                await self.bus.publish(EventType.POSITION_CLOSED, {
+                    "symbol": fill.symbol, "reason": fill.reason, "quantity": fill.quantity,
+                    "price": str(fill.price), "realised_pnl": dollars(fill.realised_cents),
+                })  # fmt: skip
+            order["fill"] = fill.to_wire()
+        return order
+
+    def _apply_order(
+        self,
+        conn: sqlite3.Connection,
+        order: dict[str, Any],
+        held: ledger.Position | None,
+        quote: Quote,
+        marks: dict[str, Decimal],
+        day_start: int,
+        now: datetime,
+    ) -> Fill:
+        symbol, side = order["symbol"], order["side"]
+        price = self.costs.fill_price(quote.price, side)
+        common = {"order_id": order["id"], "symbol": symbol, "price": price, "market_price": quote.price,
+                  "price_time": quote.price_time, "reason": order["origin"], "now": now}  # fmt: skip
+        if side == "SELL":
+            if held is None:
+                raise Rejected(f"no open {symbol} position to sell", reason="no_position")
+            quantity = min(order["quantity"] or held.quantity, held.quantity)
+            if order["quantity"] and order["quantity"] > held.quantity:
+                raise Rejected(f"selling {order['quantity']} {symbol} but holding {held.quantity}",
+                               reason="quantity_above_position")  # fmt: skip
+            value = ledger.cents_of(price * quantity)
+            return ledger.sell(
+                conn, quantity=quantity, commission=self.costs.commission_cents(value), **common
+            )
+        portfolio = self._portfolio(conn, marks, day_start)
+        quantity = order["quantity"] or buy_quantity(portfolio, price, self.config)
+        _value, commission = check_buy(portfolio, quantity, price, self.costs, self.config)
+        return ledger.buy(conn, quantity=quantity, commission=commission, stop_loss=self.stop_loss,
+                          take_profit=self.take_profit, **common)  # fmt: skip
+
+    async def _wait(self, order_id: int, reason: str) -> dict[str, Any]:
+        return await self._finish(order_id, "pending", reason)
+
+    async def _finish(self, order_id: int, status: str, reason: str) -> dict[str, Any]:
+        now = self.clock.now()
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any]:
+            with transaction(conn):
+                if _order(conn, order_id)["status"] == "pending":
+                    ledger.set_order(conn, order_id, status, reason, now)
+                return _order(conn, order_id)
+
+        async with self._book:
+            return await self._db(write)
+
+    async def _work_pending(self) -> None:
+        pending = await self._db(
+            lambda conn: [
+                r[0] for r in conn.execute("SELECT id FROM orders WHERE status = 'pending' ORDER BY id")
+            ]
+        )
+        for order_id in pending:
+            await self._execute(order_id)
+
+    # -- stops ----------------------------------------------------------------------------
+
+    async def _check_stops(self, only: str | None) -> None:
+        held = await self._db(ledger.positions)
+        for symbol, position in held.items():
+            if only is not None and symbol != only:
+                continue
+            session = self.calendar.open_session(self.clock.now())
+            if session is None:
+                return
+            try:
+                quote = await self._quote(symbol)
+            except TradingError:
+                continue  # no price, no decision; health shows the price error
+            if quote.price_time != session.date.isoformat():
+                continue
+            reason = (
+                "stop_loss" if quote.price <= position.stop_price
+                else "take_profit" if quote.price >= position.take_profit_price
+                else None
+            )  # fmt: skip
+            if reason is None:
+                continue
+            now = self.clock.now()
+
+            def place(
+                conn: sqlite3.Connection, symbol: str = symbol, reason: str = reason, now: datetime = now
+            ) -> int | None:
+                with transaction(conn):
+                    current = ledger.positions(conn).get(symbol)
+                    if current is None:
+                        return None
+                    return ledger.new_order(conn, symbol=symbol, side="SELL", quantity=current.quantity,
+                                            origin=reason, now=now)  # fmt: skip
+
+            async with self._book:
+                order_id = await self._db(place)
+                if order_id is not None:
+                    await self._fill(order_id, quote)
+
+    # -- prices and the portfolio ---------------------------------------------------------
+
+    async def _quote(self, symbol: str) -> Quote:
+        assert self._market_data is not None
+        try:
+            answer = await self._market_data.call("get_market_data", {"symbol": symbol, "bars": 0})
+            quote = Quote(to_price(answer["price"]), str(answer["price_time"])[:10])
+        except TradingError as exc:
+            self._last_price_error = f"{symbol}: {exc.message}"
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            self._last_price_error = f"{symbol}: malformed answer ({exc})"
+            raise DependencyUnavailable(
+                f"market_data gave no usable price for {symbol}", service="market_data"
+            ) from exc
+        self._last_price_error = None
+        self._quotes[symbol] = quote
+        return quote
+
+    async def _marks(self) -> dict[str, Decimal]:
+        """The latest price of each open position, or its entry price when market data cannot say."""
+        held = await self._db(ledger.positions)
+        marks = {}
+        for symbol, position in held.items():
+            try:
+                marks[symbol] = (await self._quote(symbol)).price
+            except TradingError:
+                marks[symbol] = self._quotes[symbol].price if symbol in self._quotes else position.entry_price
+        return marks
+
+    def _portfolio(self, conn: sqlite3.Connection, marks: dict[str, Decimal], day_start: int) -> Portfolio:
+        acct = ledger.account(conn)
+        value = sum(
+            ledger.cents_of(marks.get(s, p.entry_price) * p.quantity)
+            for s, p in ledger.positions(conn).items()
+        )
+        return Portfolio(acct.cash_cents, value, day_start)
+
+    async def _day_start_equity(self) -> int:
+        today = self._session_day().isoformat()
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT equity_cents FROM equity WHERE day < ? ORDER BY day DESC LIMIT 1", (today,)
+            ).fetchone()
+            return int(row[0]) if row else ledger.account(conn).starting_cents
+
+        return await self._db(read)
+
+    async def _risk_alert(self, order: dict[str, Any]) -> None:
+        day = self._session_day()
+        if self._risk_alert_day == day:
+            return
+        self._risk_alert_day = day
+        await self.bus.publish(EventType.RISK_ALERT, {
+            "rule": "max_daily_loss", "limit": self.config.max_daily_loss, "message": order.get("reason"),
+            "day": day.isoformat(),
+        })  # fmt: skip
+
+    # -- RPC ------------------------------------------------------------------------------
+
+    @rpc_method
+    async def execute_trade(
+        self, symbol: str, action: Literal["BUY", "SELL"], quantity: int, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """A manual order. Filled now while the market is open, else it waits (``status: pending``).
+        A rule that refuses it is -32002 with ``data.reason``. The same ``idempotency_key`` twice
+        gives the first order's state, not a second order."""
+        symbol = self._symbol(symbol)
+        if quantity < 1:
+            raise InvalidParams("quantity must be a whole number of shares, at least 1", field="quantity")
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+            raise InvalidParams("idempotency_key must be 1 to 200 characters", field="idempotency_key")
+        now = self.clock.now()
+
+        def place(conn: sqlite3.Connection) -> tuple[int, bool]:
+            with transaction(conn):
+                if idempotency_key is not None:
+                    row = conn.execute(
+                        "SELECT id FROM orders WHERE idempotency_key = ?", (idempotency_key,)
+                    ).fetchone()
+                    if row is not None:
+                        return int(row[0]), False
+                held = ledger.positions(conn).get(symbol)
+                if action == "SELL" and (held is None or held.quantity < quantity):
+                    raise Rejected(f"selling {quantity} {symbol} but holding {held.quantity if held else 0}",
+                                   reason="quantity_above_position")  # fmt: skip
+                return ledger.new_order(conn, symbol=symbol, side=action, quantity=quantity, origin="manual",
+                                        now=now, idempotency_key=idempotency_key), True  # fmt: skip
+
+        async with self._book:
+            order_id, new = await self._db(place)
+        order = await self._execute(order_id) if new else await self._db(lambda conn: _order(conn, order_id))
+        if new and order["status"] == "rejected":
+            reason, _, message = (order["reason"] or "rejected: ").partition(": ")
+            raise Rejected(message, reason=reason, order_id=order_id)
+        return order
+
+    @rpc_method(idempotent=True)
+    async def get_positions(self) -> list[dict[str, Any]]:
+        """Open positions with their market value and unrealised P&L (at the latest price)."""
+        marks = await self._marks()
+        held = await self._db(ledger.positions)
+        return [_position_wire(p, marks.get(symbol)) for symbol, p in held.items()]
+
+    @rpc_method(idempotent=True)
+    async def get_portfolio_status(self) -> dict[str, Any]:
+        """Cash, market value, equity, exposure, day and total P&L, and how much of each limit is used."""
+        marks = await self._marks()
+        day_start = await self._day_start_equity()
+
+        daily_limit = _cents(self.config.max_daily_loss)
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            acct = ledger.account(conn)
+            portfolio = self._portfolio(conn, marks, day_start)
+            pending = conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0]
+            return {
+                "cash": dollars(acct.cash_cents),
+                "market_value": dollars(portfolio.market_value_cents),
+                "equity": dollars(portfolio.equity_cents),
+                "exposure": round(portfolio.market_value_cents / portfolio.equity_cents, 4)
+                if portfolio.equity_cents > 0 else None,
+                "day_pnl": dollars(portfolio.day_pnl_cents),
+                "total_pnl": dollars(portfolio.equity_cents - acct.starting_cents),
+                "realised_pnl": dollars(acct.realised_cents),
+                "commissions": dollars(acct.commissions_cents),
+                "starting_capital": dollars(acct.starting_cents),
+                "positions": len(ledger.positions(conn)),
+                "pending_orders": pending,
+                "limits": {
+                    "max_exposure": self.config.max_exposure,
+                    "max_daily_loss": self.config.max_daily_loss,
+                    "daily_loss_used": round(max(0, -portfolio.day_pnl_cents) / daily_limit, 4),
+                    "max_position_value": self.config.max_position_value,
+                },
+                "reconciled": ledger.reconcile(conn),
+            }  # fmt: skip
+
+        return await self._db(read)
+
+    @rpc_method(idempotent=True)
+    async def get_trade_history(self, symbol: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Fills, newest first; and orders that were rejected or expired, with the reason."""
+        if symbol is not None:
+            symbol = self._symbol(symbol)
+        if not 1 <= limit <= 1000:
+            raise InvalidParams("limit must be between 1 and 1000", field="limit")
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = ("WHERE o.symbol = ?", (symbol, limit)) if symbol else ("", (limit,))
+            rows = conn.execute(
+                "SELECT o.id, o.symbol, o.side, o.status, o.reason, o.origin, o.updated_at, f.quantity, "
+                "f.price, f.value_cents, f.commission_cents, f.realised_cents, f.filled_at FROM orders o "
+                f"LEFT JOIN fills f ON f.order_id = o.id {where} ORDER BY o.id DESC LIMIT ?",
+                args,
+            ).fetchall()
+            return [
+                {"order_id": r[0], "symbol": r[1], "side": r[2], "status": r[3], "reason": r[4],
+                 "origin": r[5], "time": r[12] or r[6], "quantity": r[7], "price": r[8],
+                 "value": dollars(r[9]) if r[9] is not None else None,
+                 "commission": dollars(r[10]) if r[10] is not None else None,
+                 "realised_pnl": dollars(r[11]) if r[11] is not None else None}
+                for r in rows
+            ]  # fmt: skip
+
+        return await self._db(read)
+
+    @rpc_method(idempotent=True)
+    async def get_trading_performance(
+        self, period: Literal["day", "week", "month", "all"] = "all"
+    ) -> dict[str, Any]:
+        """Return, realised and unrealised P&L, trade statistics, drawdown, Sharpe, Sortino, exposure,
+        per symbol, over the last day, week, month or everything."""
+        days = PERIODS[period]
+        since = None if days is None else utc_iso(self.clock.now() - timedelta(days=days))
+        marks = await self._marks()
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            cutoff = since or ""
+            trades = [ClosedTrade(*r) for r in conn.execute(
+                "SELECT symbol, realised_cents, commission_cents, filled_at FROM fills "
+                "WHERE side = 'SELL' AND filled_at >= ? ORDER BY id", (cutoff,))]  # fmt: skip
+            equity_rows = conn.execute(
+                "SELECT day, equity_cents, market_value_cents FROM equity WHERE taken_at >= ? ORDER BY day",
+                (cutoff,),
+            ).fetchall()
+            acct = ledger.account(conn)
+            held = ledger.positions(conn)
+            unrealised = sum(_value(p, marks) - p.cost_cents for p in held.values())
+            equity_now = acct.cash_cents + sum(_value(p, marks) for p in held.values())
+            curve = [r[1] for r in equity_rows] + [equity_now]
+            base = equity_rows[0][1] if equity_rows and since else acct.starting_cents
+            per_symbol: dict[str, Any] = {}
+            for symbol in sorted({t.symbol for t in trades} | set(held)):
+                mine = [t for t in trades if t.symbol == symbol]
+                position = held.get(symbol)
+                unrealised_here = _value(position, marks) - position.cost_cents if position else 0
+                per_symbol[symbol] = {
+                    **trade_statistics(mine),
+                    "realised_pnl": dollars(sum(t.realised_cents for t in mine)),
+                    "unrealised_pnl": dollars(unrealised_here),
+                }
+            exposures = [r[2] / r[1] for r in equity_rows if r[1] > 0]
+            return {
+                "period": period,
+                "since": since,
+                "total_return": round(equity_now / base - 1, 6) if base > 0 else None,
+                "realised_pnl": dollars(sum(t.realised_cents for t in trades)),
+                "unrealised_pnl": dollars(unrealised),
+                "commissions": dollars(sum(t.commission_cents for t in trades)),
+                **trade_statistics(trades),
+                "max_drawdown": max_drawdown(curve),
+                **ratios(curve),
+                "average_exposure": round(sum(exposures) / len(exposures), 4) if exposures else None,
+                "equity_days": len(equity_rows),
+                "per_symbol": per_symbol,
+            }
+
+        return await self._db(read)
+
+    @rpc_method
+    async def end_of_day_sync(self) -> dict[str, Any]:
+        """Record today's equity (cash and positions at the latest prices): the daily snapshot."""
+        marks = await self._marks()
+        day = self._session_day().isoformat()
+        now = self.clock.now()
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any]:
+            with transaction(conn):
+                portfolio = self._portfolio(conn, marks, 0)
+                conn.execute(
+                    "INSERT INTO equity (day, equity_cents, cash_cents, market_value_cents, taken_at) VALUES "
+                    "(?,?,?,?,?) ON CONFLICT (day) DO UPDATE SET equity_cents = excluded.equity_cents, "
+                    "cash_cents = excluded.cash_cents, market_value_cents = excluded.market_value_cents, "
+                    "taken_at = excluded.taken_at",
+                    (
+                        day,
+                        portfolio.equity_cents,
+                        portfolio.cash_cents,
+                        portfolio.market_value_cents,
+                        utc_iso(now),
+                    ),
+                )
+                return {"day": day, "equity": dollars(portfolio.equity_cents),
+                        "cash": dollars(portfolio.cash_cents),
+                        "market_value": dollars(portfolio.market_value_cents)}  # fmt: skip
+
+        async with self._book:
+            return await self._db(write)
+
+    @rpc_method
+    async def reset_account(self, confirm: bool = False) -> dict[str, Any]:
+        """Start again with the starting capital: every order, fill, position and snapshot is deleted.
+        Needs ``confirm: true``."""
+        if confirm is not True:
+            raise InvalidParams(
+                "reset_account deletes the whole paper history: pass confirm: true", field="confirm"
+            )
+        now = self.clock.now()
+
+        def reset(conn: sqlite3.Connection) -> dict[str, Any]:
+            with transaction(conn):
+                for table in ("fills", "orders", "positions", "equity", "account"):
+                    conn.execute(f"DELETE FROM {table}")
+                ledger.open_account(conn, _cents(self.config.starting_capital), now)
+                conn.execute("UPDATE account SET resets = resets + 1")
+            return {"cash": dollars(ledger.account(conn).cash_cents), "reset_at": utc_iso(now)}
+
+        async with self._book:
+            return await self._db(reset)
+
+    @rpc_method
+    async def sync_with_ig_markets(self) -> dict[str, Any]:
+        """Compare the paper book with an IG demo account (balance, open positions)."""
+        from services.paper_trading.ig import IgNotConfigured, compare_with_ig
+
+        marks = await self._marks()
+        book = await self._db(lambda conn: (ledger.account(conn), ledger.positions(conn)))
+        try:
+            return await asyncio.to_thread(
+                compare_with_ig, self.config.ig, self.home, book, marks, self._ig_env, self._ig_session
+            )
+        except IgNotConfigured as exc:
+            raise DependencyUnavailable(str(exc), service="ig_markets") from None
+
+    async def _mirror(self, fill: Fill) -> None:
+        """Place a paper fill on the IG demo account too (``ig.mirror_orders``); a failure is
+        logged and counted, the paper fill stands."""
+        from services.paper_trading.ig import IgNotConfigured, connect, mirror_fill
+
+        def place() -> dict[str, Any]:
+            service = connect(self.config.ig, self.home, self._ig_env, self._ig_session)
+            return mirror_fill(service, self.config.ig, fill.symbol, fill.side, fill.quantity)
+
+        try:
+            deal = await asyncio.to_thread(place)
+        except (IgNotConfigured, TradingError) as exc:
+            self.stats.incr("ig.mirror_failed")
+            log.error("mirroring %s %d %s on IG failed: %s", fill.side, fill.quantity, fill.symbol, exc)
+            return
+        self.stats.incr("ig.mirrored")
+        log.info("mirrored fill %d on IG: %s", fill.id, deal.get("dealStatus"))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _db(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        assert self.db is not None
+        return await self.db.run(work)
+
+    def _market_open(self) -> bool:
+        return self.calendar.open_session(self.clock.now()) is not None
+
+    def _session_day(self) -> date:
+        return self.clock.now().astimezone(SYDNEY).date()
+
+    def _symbol(self, symbol: str) -> str:
+        wanted = symbol.strip().upper()
+        for known in self.config.symbols:
+            if known.upper() == wanted:
+                return known
+        raise InvalidParams(
+            f"unknown symbol {symbol!r}; traded: {', '.join(self.config.symbols)} (paper_trading.symbols)",
+            field="symbol",
+        )
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health_checks(self) -> dict[str, Check]:
+        checks = super().health_checks()
+        if self.state is ServiceState.RUNNING:
+            checks["prices"] = (
+                {"status": "degraded", "detail": f"market data: {self._last_price_error}"}
+                if self._last_price_error
+                else {"status": "ok", "detail": "prices from market_data"}
+            )
+        return checks
+
+    def health_figures(self) -> dict[str, Any]:
+        if self.state is not ServiceState.RUNNING:
+            return {}
+        return {"fills_since_start": self._fills, "market_open": self._market_open()}
+
+
+def _cents(amount: float) -> int:
+    return ledger.cents_of(Decimal(str(amount)))
+
+
+def _order(conn: sqlite3.Connection, order_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT id, symbol, side, quantity, status, reason, origin, signal_id, created_at, updated_at "
+        "FROM orders WHERE id = ?",
+        (order_id,),
+    ).fetchone()
+    keys = (
+        "id",
+        "symbol",
+        "side",
+        "quantity",
+        "status",
+        "reason",
+        "origin",
+        "signal_id",
+        "created_at",
+        "updated_at",
+    )
+    return dict(zip(keys, row, strict=True))
+
+
+def _value(position: ledger.Position, marks: Mapping[str, Decimal]) -> int:
+    """A position's market value in cents: at its latest price, else at its entry price."""
+    return ledger.cents_of(marks.get(position.symbol, position.entry_price) * position.quantity)
+
+
+def _position_wire(position: ledger.Position, mark: Decimal | None) -> dict[str, Any]:
+    price = mark if mark is not None else position.entry_price
+    value = ledger.cents_of(price * position.quantity)
+    return {
+        "symbol": position.symbol,
+        "quantity": position.quantity,
+        "avg_price": str(position.entry_price),
+        "market_price": str(price),
+        "market_value": dollars(value),
+        "cost": dollars(position.cost_cents),
+        "unrealised_pnl": dollars(value - position.cost_cents),
+        "stop_price": str(position.stop_price),
+        "take_profit_price": str(position.take_profit_price),
+        "opened_at": position.opened_at,
+        "priced": mark is not None,
+    }
