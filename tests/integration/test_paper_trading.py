@@ -1,0 +1,253 @@
+"""The paper trading service over its socket with real Redis and SQLite, a simulated clock (so
+market hours are chosen) and a stand-in market data service on its real socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from services.base.clock import SimulatedClock
+from services.base.config import TradingHome, load_settings
+from services.base.errors import DependencyUnavailable, InvalidParams, Rejected
+from services.base.events import CHANNEL_PREFIX
+from services.base.redis_server import EmbeddedRedis
+from services.base.rpc.client import RpcClient
+from services.paper_trading.paper_trading_service import PaperTradingService
+from tests.conftest import eventually
+from tests.paper_fakes import PriceBoard, send, signal_event
+
+OPEN = datetime(2026, 11, 20, 0, 30, tzinfo=UTC)  # Friday 11:30 in Sydney: the ASX is open
+SATURDAY = datetime(2026, 11, 21, 0, 30, tzinfo=UTC)
+MONDAY_OPEN = datetime(2026, 11, 23, 0, 5, tzinfo=UTC)  # Monday 11:05 in Sydney
+SESSION = "2026-11-20"
+
+
+class Stack:
+    def __init__(self, home: TradingHome, redis: EmbeddedRedis, clock: SimulatedClock) -> None:
+        self.home, self.redis, self.clock = home, redis, clock
+        self.settings = load_settings(home, env={"REDIS_URL": redis.url})
+        self.board = PriceBoard(self.settings)
+        self.service = PaperTradingService(self.settings, clock=clock, ig_env={})
+        self._listeners: list[tuple[aioredis.Redis, aioredis.client.PubSub]] = []
+
+    async def events(self, *types: str) -> aioredis.client.PubSub:
+        connection = aioredis.Redis.from_url(self.redis.url)
+        pubsub = connection.pubsub()
+        self._listeners.append((connection, pubsub))
+        await pubsub.subscribe(*(f"{CHANNEL_PREFIX}{t}" for t in types))
+        await pubsub.get_message(timeout=1.0)
+        return pubsub
+
+    async def close(self) -> None:
+        for connection, pubsub in self._listeners:
+            await pubsub.aclose()
+            await connection.aclose()
+
+
+@pytest.fixture
+async def stack(home: TradingHome, redis: EmbeddedRedis) -> AsyncIterator[Stack]:
+    PriceBoard.prices = {s: (100.0, SESSION) for s in ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")}
+    stack = Stack(home, redis, SimulatedClock(OPEN))
+    await stack.board.start()
+    await stack.service.start()
+    yield stack
+    await stack.close()
+    await stack.service.stop()
+    await stack.board.stop()
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[RpcClient]:
+    async with RpcClient(stack.home.socket_path("paper_trading"), timeout=20) as rpc:
+        yield rpc
+
+
+async def collect(pubsub: aioredis.client.PubSub, count: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    async def enough() -> bool:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            found.append(orjson.loads(message["data"]))
+        return len(found) >= count
+
+    await eventually(enough)
+    return found
+
+
+async def test_a_manual_buy_and_sell_to_the_cent(client: RpcClient, stack: Stack) -> None:
+    events = await stack.events("trade_executed", "position_closed")
+    bought = await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 50,
+                                                 "idempotency_key": "first"})  # fmt: skip
+    assert bought["status"] == "filled"
+    fill = bought["fill"]
+    assert fill["price"] == "100.0500"  # 5 bps of slippage
+    assert fill["value"] == 5002.5
+    assert fill["commission"] == 15.0  # $10 + 0.1% of $5,002.50 = $15.0025 -> $15.00
+    again = await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 50,
+                                                "idempotency_key": "first"})  # fmt: skip
+    assert again["id"] == bought["id"]
+    status = await client.call("get_portfolio_status")
+    assert status["cash"] == 100_000 - 5002.5 - 15.0
+    assert status["positions"] == 1
+    positions = await client.call("get_positions")
+    assert positions[0]["quantity"] == 50
+    assert positions[0]["stop_price"] == "95.0475"
+    assert positions[0]["take_profit_price"] == "110.0550"
+
+    PriceBoard.prices["CBA.AX"] = (104.0, SESSION)
+    sold = await client.call("execute_trade", {"symbol": "CBA.AX", "action": "SELL", "quantity": 50})
+    assert sold["fill"]["price"] == "103.9480"
+    assert sold["fill"]["realised_pnl"] == round(5197.40 - 5002.50, 2)
+    status = await client.call("get_portfolio_status")
+    assert (
+        status["reconciled"]["cash_plus_cost"]
+        == status["reconciled"]["starting_plus_realised_minus_commissions"]
+    )
+    assert status["positions"] == 0
+    kinds = [e["type"] for e in await collect(events, 3)]
+    assert kinds == ["trade_executed", "trade_executed", "position_closed"]
+    history = await client.call("get_trade_history", {"symbol": "CBA.AX"})
+    assert [h["side"] for h in history] == ["SELL", "BUY"]
+
+
+async def test_each_rule_names_itself(client: RpcClient, stack: Stack) -> None:
+    with pytest.raises(Rejected) as caught:
+        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 101})
+    assert caught.value.data["reason"] == "max_position_value"
+    with pytest.raises(Rejected) as caught:
+        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "SELL", "quantity": 1})
+    assert caught.value.data["reason"] == "quantity_above_position"
+    # 80% exposure: eight positions of $9,000 fill it (4 symbols x 2 buys), the next is refused.
+    for symbol in ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"):
+        for _ in range(2):
+            await client.call("execute_trade", {"symbol": symbol, "action": "BUY", "quantity": 90})
+    with pytest.raises(Rejected) as caught:
+        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 90})
+    assert caught.value.data["reason"] == "max_exposure"
+    with pytest.raises(InvalidParams) as bad:
+        await client.call("execute_trade", {"symbol": "XYZ.AX", "action": "BUY", "quantity": 1})
+    assert bad.value.data["field"] == "symbol"
+    history = await client.call("get_trade_history", {"limit": 20})
+    rejected = [h for h in history if h["status"] == "rejected"]
+    assert rejected[0]["reason"].startswith("max_exposure: ")
+
+
+async def test_signals_from_the_stream_apply_once(client: RpcClient, stack: Stack) -> None:
+    connection = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        buy = signal_event(1, "CBA.AX", "BUY", 0.8)
+        await send(
+            connection, [buy, buy, signal_event(2, "WBC.AX", "BUY", 0.4), signal_event(3, "ANZ.AX", "HOLD")]
+        )
+
+        async def applied() -> bool:
+            return len(await client.call("get_positions")) == 1
+
+        await eventually(applied)
+        position = (await client.call("get_positions"))[0]
+        # 5% of $100,000 at $100.05: 49 shares (not 50: slippage), one position despite two deliveries.
+        assert (position["symbol"], position["quantity"]) == ("CBA.AX", 49)
+        await send(connection, [signal_event(4, "CBA.AX", "SELL", 0.7)])
+
+        async def closed() -> bool:
+            return (await client.call("get_positions")) == []
+
+        await eventually(closed)
+    finally:
+        await connection.aclose()
+    metrics = await client.call("metrics")
+    assert metrics["counters"]["signals.ignored.low_confidence"] == 1
+    assert metrics["counters"]["signals.ignored.hold"] == 1
+
+
+async def test_after_hours_an_order_waits_for_the_next_session(stack: Stack, client: RpcClient) -> None:
+    await stack.clock.advance_to(SATURDAY)
+    waiting = await client.call("execute_trade", {"symbol": "NAB.AX", "action": "BUY", "quantity": 10})
+    assert waiting["status"] == "pending"
+    assert "market is closed" in waiting["reason"]
+    PriceBoard.prices["NAB.AX"] = (90.0, "2026-11-23")  # Monday's first price
+    await stack.clock.advance_to(MONDAY_OPEN)
+
+    async def filled() -> bool:
+        return bool(await client.call("get_positions"))
+
+    await eventually(filled)
+    history = await client.call("get_trade_history", {"symbol": "NAB.AX"})
+    assert history[0]["status"] == "filled"
+    assert history[0]["price"] == "90.0450"
+
+
+async def test_no_price_no_fill(client: RpcClient, stack: Stack) -> None:
+    PriceBoard.prices["WBC.AX"] = DependencyUnavailable("Yahoo Finance unreachable")
+    waiting = await client.call("execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 10})
+    assert waiting["status"] == "pending"
+    assert "Yahoo Finance unreachable" in waiting["reason"]
+    health = await client.call("health")
+    assert health["checks"]["prices"]["status"] == "degraded"
+    PriceBoard.prices["WBC.AX"] = (100.0, "2026-11-19")  # yesterday's close is not today's price
+    stale = await client.call("execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 5})
+    assert "no price of today's session yet" in stale["reason"]
+
+
+async def test_stop_loss_and_take_profit(client: RpcClient, stack: Stack) -> None:
+    events = await stack.events("position_closed")
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 40})
+    await client.call("execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 40})
+    PriceBoard.prices["CBA.AX"] = (94.0, SESSION)  # below 95.0475
+    PriceBoard.prices["WBC.AX"] = (111.0, SESSION)  # above 110.055
+    await stack.clock.advance(61)  # the timer checks
+    closed = {e["data"]["symbol"]: e["data"]["reason"] for e in await collect(events, 2)}
+    assert closed == {"CBA.AX": "stop_loss", "WBC.AX": "take_profit"}
+    assert await client.call("get_positions") == []
+    performance = await client.call("get_trading_performance", {"period": "all"})
+    assert performance["closed_trades"] == 2
+    assert performance["win_rate"] == 0.5
+    assert performance["per_symbol"]["CBA.AX"]["losses"] == 1
+
+
+async def test_the_daily_loss_limit_stops_buys_and_alerts_once(client: RpcClient, stack: Stack) -> None:
+    events = await stack.events("risk_alert")
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 99})
+    await client.call("execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 99})
+    # Yesterday's equity recorded; then the prices fall 30% (stops are checked only on the timer).
+    yesterday = "INSERT INTO equity VALUES ('2026-11-19', 10000000, 10000000, 0, '2026-11-19T06:00:00Z')"
+    await stack.service.db.run(lambda conn: conn.execute(yesterday))  # type: ignore[union-attr]
+    PriceBoard.prices["CBA.AX"] = (70.0, SESSION)
+    PriceBoard.prices["WBC.AX"] = (70.0, SESSION)
+    for _ in range(2):
+        with pytest.raises(Rejected) as caught:
+            await client.call("execute_trade", {"symbol": "ANZ.AX", "action": "BUY", "quantity": 10})
+        assert caught.value.data["reason"] == "max_daily_loss"
+    alerts = await collect(events, 1)
+    assert alerts[0]["data"]["rule"] == "max_daily_loss"
+    status = await client.call("get_portfolio_status")
+    assert status["day_pnl"] < -5000
+    assert status["limits"]["daily_loss_used"] > 1
+
+
+async def test_reset_needs_confirmation_and_ig_needs_credentials(client: RpcClient) -> None:
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 10})
+    with pytest.raises(InvalidParams):
+        await client.call("reset_account", {})
+    assert (await client.call("reset_account", {"confirm": True}))["cash"] == 100_000
+    assert await client.call("get_positions") == []
+    with pytest.raises(DependencyUnavailable) as caught:
+        await client.call("sync_with_ig_markets")
+    assert "IG not configured" in caught.value.message
+
+
+async def test_end_of_day_snapshot_feeds_performance(client: RpcClient, stack: Stack) -> None:
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 50})
+    snapshot = await client.call("end_of_day_sync")
+    assert snapshot["day"] == SESSION
+    assert Decimal(str(snapshot["equity"])) == Decimal("100000") - Decimal("15.00") - Decimal("2.50")
+    performance = await client.call("get_trading_performance", {"period": "week"})
+    assert performance["equity_days"] == 1
+    assert performance["unrealised_pnl"] == -2.5
