@@ -2,8 +2,9 @@
 
 ``PriceBoard`` answers ``get_market_data`` from a dict the test sets (a price and its session
 date per symbol, or an exception). As a script (``python tests/paper_fakes.py``) it runs as the
-``market_data`` service with prices from ``PAPER_PRICES`` (JSON: symbol -> [price, session date]),
-for tests that kill real processes.
+``market_data`` service with prices from ``PAPER_PRICES`` (JSON: symbol -> [price, session date]);
+with ``PAPER_ROLE=paper_trading`` it runs the real paper trading service on a clock stopped at
+``PAPER_NOW``: for tests that kill real processes.
 """
 
 from __future__ import annotations
@@ -62,8 +63,7 @@ async def send(redis: Any, events: list[Event]) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["paper_trading"]:
-        # The real paper trading service on a clock stopped at PAPER_NOW (inside a session).
+    if os.environ.get("PAPER_ROLE") == "paper_trading":
         from services.paper_trading.paper_trading_service import PaperTradingService
 
         now = datetime.fromisoformat(os.environ["PAPER_NOW"])
