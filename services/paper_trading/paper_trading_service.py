@@ -222,7 +222,10 @@ class PaperTradingService(BaseService):
             self._fills += 1
             if self.config.ig.mirror_orders:
                 self.spawn(self._mirror(fill), name=f"ig-mirror-{fill.id}")
-            await self.bus.publish(EventType.TRADE_EXECUTED, {**fill.to_wire(), "origin": order["origin"]})
+            await self.bus.publish(
+                EventType.TRADE_EXECUTED,
+                {**fill.to_wire(), "origin": order["origin"], "signal_id": order["signal_id"]},
+            )
             if order.get("closed"):
                 await self.bus.publish(EventType.POSITION_CLOSED, {
                     "symbol": fill.symbol, "reason": fill.reason, "quantity": fill.quantity,
