@@ -1,8 +1,9 @@
 """Trading performance from the fills and the daily equity: returns, P&L, trade statistics, risk.
 
-A closed trade is a sell fill: its realised P&L is proceeds minus the cost of the shares it sold;
-its commission (and that of the buy it closed, pro rata) is counted in net figures. Sharpe and
-Sortino are annualised (252 sessions) from daily equity returns, with a zero risk-free rate.
+A closed trade is a sell fill. Its realised P&L is proceeds minus the cost of the shares it sold;
+its net P&L also takes off its commission and the buys' commission on those shares (pro rata).
+Wins, losses, profit factor and expectancy are of net P&L. Sharpe and Sortino are annualised
+(252 sessions) from daily equity returns, with a zero risk-free rate.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ TRADING_DAYS = 252
 class ClosedTrade:
     symbol: str
     realised_cents: int
-    commission_cents: int
+    net_cents: int  # realised, less both sides' commissions
     filled_at: str
 
 
 def trade_statistics(trades: Sequence[ClosedTrade]) -> dict[str, Any]:
-    wins = [t.realised_cents for t in trades if t.realised_cents > 0]
-    losses = [t.realised_cents for t in trades if t.realised_cents < 0]
+    wins = [t.net_cents for t in trades if t.net_cents > 0]
+    losses = [t.net_cents for t in trades if t.net_cents < 0]
     gross_win, gross_loss = sum(wins), -sum(losses)
     count = len(trades)
     return {
@@ -37,7 +38,7 @@ def trade_statistics(trades: Sequence[ClosedTrade]) -> dict[str, Any]:
         "profit_factor": round(gross_win / gross_loss, 4) if gross_loss else None,
         "average_win": round(gross_win / len(wins) / 100, 2) if wins else None,
         "average_loss": round(-gross_loss / len(losses) / 100, 2) if losses else None,
-        "expectancy": round(sum(t.realised_cents for t in trades) / count / 100, 2) if count else None,
+        "expectancy": round(sum(t.net_cents for t in trades) / count / 100, 2) if count else None,
     }
 
 

@@ -30,7 +30,6 @@ class IgConfig:
             "NAB.AX": "AA.D.NAB.CASH.IP",
         }
     )
-    timeout_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +64,8 @@ class PaperTradingConfig:
             or not 0 <= self.slippage_bps < 1000
         ):
             raise ValueError("commission_fixed >= 0, commission_rate in [0, 0.1), slippage_bps in [0, 1000)")
+        if self.ig.mirror_orders and self.ig.account_type != "DEMO":
+            raise ValueError("ig.mirror_orders places orders: it is allowed on a DEMO account only")
         if not self.symbols or self.check_interval_s <= 0:
             raise ValueError("symbols must name one symbol at least; check_interval_s > 0")
 

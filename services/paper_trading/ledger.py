@@ -52,6 +52,7 @@ class Position:
     symbol: str
     quantity: int
     cost_cents: int
+    commission_cents: int  # the buys' commissions on the shares held
     entry_price: Decimal
     stop_price: Decimal
     take_profit_price: Decimal
@@ -108,14 +109,13 @@ def account(conn: sqlite3.Connection) -> Account:
 
 def positions(conn: sqlite3.Connection) -> dict[str, Position]:
     rows = conn.execute(
-        "SELECT symbol, quantity, cost_cents, entry_price, stop_price, take_profit_price, opened_at "
-        "FROM positions ORDER BY symbol"
+        "SELECT symbol, quantity, cost_cents, commission_cents, entry_price, stop_price, take_profit_price, "
+        "opened_at FROM positions ORDER BY symbol"
     ).fetchall()
-    return {r[0]: Position(r[0], r[1], r[2], Decimal(r[3]), Decimal(r[4]), Decimal(r[5]), r[6]) for r in rows}
-
-
-def commission_cents(value_cents: int, fixed_cents: int, rate: Decimal) -> int:
-    return fixed_cents + int((Decimal(value_cents) * rate).quantize(Decimal(1), ROUND_HALF_UP))
+    return {
+        r[0]: Position(r[0], r[1], r[2], r[3], Decimal(r[4]), Decimal(r[5]), Decimal(r[6]), r[7])
+        for r in rows
+    }
 
 
 def new_order(
@@ -170,21 +170,23 @@ def buy(
     held = positions(conn).get(symbol)
     quantity_after = quantity + (held.quantity if held else 0)
     cost_after = value + (held.cost_cents if held else 0)
+    commission_after = commission + (held.commission_cents if held else 0)
     entry = to_price(Decimal(cost_after) / 100 / quantity_after)
     conn.execute(
-        "INSERT INTO positions (symbol, quantity, cost_cents, entry_price, stop_price, take_profit_price, "
-        "opened_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (symbol) DO UPDATE SET "
-        "quantity = excluded.quantity, cost_cents = excluded.cost_cents, entry_price = excluded.entry_price, "
+        "INSERT INTO positions (symbol, quantity, cost_cents, commission_cents, entry_price, stop_price, "
+        "take_profit_price, opened_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (symbol) DO UPDATE SET "
+        "quantity = excluded.quantity, cost_cents = excluded.cost_cents, "
+        "commission_cents = excluded.commission_cents, entry_price = excluded.entry_price, "
         "stop_price = excluded.stop_price, take_profit_price = excluded.take_profit_price",
-        (symbol, quantity_after, cost_after, str(entry), str(to_price(entry * (1 - stop_loss))),
-         str(to_price(entry * (1 + take_profit))), utc_iso(now)),
+        (symbol, quantity_after, cost_after, commission_after, str(entry),
+         str(to_price(entry * (1 - stop_loss))), str(to_price(entry * (1 + take_profit))), utc_iso(now)),
     )  # fmt: skip
     conn.execute(
         "UPDATE account SET cash_cents = cash_cents - ?, commissions_cents = commissions_cents + ?",
         (value + commission, commission),
     )
     return _record_fill(conn, order_id, symbol, "BUY", quantity, price, market_price, price_time, value,
-                        commission, 0, 0, reason, now)  # fmt: skip
+                        commission, 0, 0, 0, reason, now)  # fmt: skip
 
 
 def sell(
@@ -205,15 +207,18 @@ def sell(
     if held is None or quantity > held.quantity:
         raise InternalError(f"selling {quantity} {symbol} but holding {held.quantity if held else 0}")
     value = cents_of(price * quantity)
-    # The share of the position's cost this sale closes, to the cent; the last sale takes the rest.
-    cost = held.cost_cents if quantity == held.quantity else held.cost_cents * quantity // held.quantity
+    # The share of the position's cost (and of its buys' commissions) this sale closes, to the
+    # cent; the last sale takes the rest.
+    cost = _share(held.cost_cents, quantity, held.quantity)
+    entry_commission = _share(held.commission_cents, quantity, held.quantity)
     realised = value - cost
     if quantity == held.quantity:
         conn.execute("DELETE FROM positions WHERE symbol = ?", (symbol,))
     else:
         conn.execute(
-            "UPDATE positions SET quantity = quantity - ?, cost_cents = cost_cents - ? WHERE symbol = ?",
-            (quantity, cost, symbol),
+            "UPDATE positions SET quantity = quantity - ?, cost_cents = cost_cents - ?, "
+            "commission_cents = commission_cents - ? WHERE symbol = ?",
+            (quantity, cost, entry_commission, symbol),
         )
     conn.execute(
         "UPDATE account SET cash_cents = cash_cents + ?, realised_cents = realised_cents + ?, "
@@ -221,7 +226,12 @@ def sell(
         (value - commission, realised, commission),
     )
     return _record_fill(conn, order_id, symbol, "SELL", quantity, price, market_price, price_time, value,
-                        commission, cost, realised, reason, now)  # fmt: skip
+                        commission, cost, realised, entry_commission, reason, now)  # fmt: skip
+
+
+def _share(total: int, part: int, whole: int) -> int:
+    """``total`` x part / whole in whole cents, rounded down; all of what is left for the whole."""
+    return total if part == whole else total * part // whole
 
 
 def _record_fill(
@@ -237,14 +247,16 @@ def _record_fill(
     commission: int,
     cost: int,
     realised: int,
+    entry_commission: int,
     reason: str,
     now: datetime,
 ) -> Fill:
     cursor = conn.execute(
         "INSERT INTO fills (order_id, symbol, side, quantity, price, market_price, price_time, value_cents, "
-        "commission_cents, cost_cents, realised_cents, reason, filled_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "commission_cents, cost_cents, realised_cents, entry_commission_cents, reason, filled_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (order_id, symbol, side, quantity, str(price), str(market_price), price_time, value, commission, cost,
-         realised, reason, utc_iso(now)),
+         realised, entry_commission, reason, utc_iso(now)),
     )  # fmt: skip
     conn.execute(
         "UPDATE orders SET status = 'filled', quantity = ?, reason = NULL, updated_at = ? WHERE id = ?",
@@ -254,21 +266,33 @@ def _record_fill(
                 realised, reason, utc_iso(now))  # fmt: skip
 
 
-def reconcile(conn: sqlite3.Connection) -> dict[str, int]:
-    """Both sides of the invariant, from the account row and from the fills; raises if they differ."""
+def check_invariant(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Both sides of the invariant from the account and the open positions; raises if they differ.
+    Cheap (a row per position): run after every change."""
     acct = account(conn)
     cost = int(conn.execute("SELECT coalesce(sum(cost_cents), 0) FROM positions").fetchone()[0])
     left = acct.starting_cents + acct.realised_cents - acct.commissions_cents
     right = acct.cash_cents + cost
+    if left != right:
+        raise InternalError(
+            f"ledger does not reconcile: start + realised - commissions = {left}, cash + cost = {right}"
+        )
+    return left, right
+
+
+def reconcile(conn: sqlite3.Connection) -> dict[str, int]:
+    """``check_invariant``, and the cash and realised P&L recomputed from every fill."""
+    left, right = check_invariant(conn)
+    acct = account(conn)
     bought, sold_value, commissions, realised = conn.execute(
         "SELECT coalesce(sum(CASE WHEN side = 'BUY' THEN value_cents END), 0), "
         "coalesce(sum(CASE WHEN side = 'SELL' THEN value_cents END), 0), "
         "coalesce(sum(commission_cents), 0), coalesce(sum(realised_cents), 0) FROM fills"
     ).fetchone()
     from_fills_cash = acct.starting_cents - bought + sold_value - commissions
-    if left != right or from_fills_cash != acct.cash_cents or realised != acct.realised_cents:
+    if from_fills_cash != acct.cash_cents or realised != acct.realised_cents:
         raise InternalError(
-            f"ledger does not reconcile: start + realised - commissions = {left}, cash + cost = {right}, "
-            f"cash from fills = {from_fills_cash}, cash = {acct.cash_cents}"
+            f"ledger does not reconcile with its fills: cash from fills {from_fills_cash}, cash "
+            f"{acct.cash_cents}; realised from fills {realised}, account {acct.realised_cents}"
         )
     return {"starting_plus_realised_minus_commissions": left, "cash_plus_cost": right}

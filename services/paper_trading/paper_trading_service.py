@@ -54,6 +54,14 @@ class Quote:
     price_time: str  # the session date of the bar
 
 
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """The latest price of each open position, and which could not be priced just now."""
+
+    prices: dict[str, Decimal]
+    unpriced: frozenset[str]
+
+
 class PaperTradingService(BaseService):
     name = "paper_trading"
     uses_database = True
@@ -72,6 +80,8 @@ class PaperTradingService(BaseService):
         # IG credentials' environment and HTTP session (tests replace the session's transport).
         self._ig_env = ig_env
         self._ig_session = ig_session
+        self._ig_service: Any = None
+        self._mirror_lock = asyncio.Lock()
         self.config = settings.section("paper_trading", PaperTradingConfig)
         self.calendar = calendar or AsxCalendar()
         self.costs = Costs(self.config)
@@ -81,7 +91,6 @@ class PaperTradingService(BaseService):
         self._book = asyncio.Lock()
         self._market_data: RpcClient | None = None
         self._quotes: dict[str, Quote] = {}
-        self._risk_alert_day: date | None = None
         self._last_price_error: str | None = None
         self._fills = 0
 
@@ -125,43 +134,64 @@ class PaperTradingService(BaseService):
     # -- signals --------------------------------------------------------------------------
 
     async def _on_signal(self, event: Event) -> None:
-        """Record the signal and its order in one transaction; then try to fill the order."""
-        data = event.data
-        symbol, action = data.get("symbol"), data.get("signal")
-        confidence = float(data.get("confidence") or 0.0)
+        """Record the signal and its order in one transaction; then try to fill the order. A
+        signal that cannot be read is recorded as ignored: it must not block the stream."""
         now = self.clock.now()
+        counted: list[str] = []
 
         def record(conn: sqlite3.Connection) -> int | None:
             with transaction(conn):
                 if Inbox.seen(conn, event.id):
                     return None
                 Inbox.record(conn, SIGNALS_STREAM, event.id, now)
-                held = ledger.positions(conn).get(str(symbol))
-                ignored = self._ignored(symbol, action, confidence, held is not None)
-                if ignored:
-                    self.stats.incr(f"signals.ignored.{ignored}")
+                signal = _read_signal(event)
+                if signal is None:
+                    counted.append("malformed")
                     return None
-                side = "BUY" if action == "BUY" else "SELL"
-                quantity = None if side == "BUY" else held.quantity if held else None
-                return ledger.new_order(conn, symbol=str(symbol), side=side, quantity=quantity,
-                                        origin="signal", now=now, signal_id=event.id,
-                                        confidence=confidence)  # fmt: skip
+                symbol, action, confidence = signal
+                decision = self._decide(conn, symbol, action, confidence, now)
+                if isinstance(decision, str):
+                    counted.append(decision)
+                    return None
+                side, quantity = decision
+                return ledger.new_order(conn, symbol=symbol, side=side, quantity=quantity, origin="signal",
+                                        now=now, signal_id=event.id, confidence=confidence)  # fmt: skip
 
         async with self._book:
             order_id = await self._db(record)
         self.stats.incr("signals.received")
+        for reason in counted:
+            self.stats.incr(f"signals.ignored.{reason}")
         if order_id is not None:
             await self._execute(order_id)
 
-    def _ignored(self, symbol: Any, action: Any, confidence: float, holding: bool) -> str | None:
+    def _decide(
+        self, conn: sqlite3.Connection, symbol: str, action: str, confidence: float, now: datetime
+    ) -> tuple[str, int | None] | str:
+        """(side, quantity) of the order a signal makes, or why it makes none. Orders still
+        waiting count: a second BUY is not a second position, and a SELL cancels a waiting BUY."""
         if symbol not in self.config.symbols:
             return "unknown_symbol"
+        held = ledger.positions(conn).get(symbol)
+        waiting = dict(
+            conn.execute(
+                "SELECT side, id FROM orders WHERE symbol = ? AND status = 'pending' AND origin = 'signal'",
+                (symbol,),
+            ).fetchall()
+        )
         if action == "BUY":
             if confidence < self.config.buy_confidence:
                 return "low_confidence"
-            return "already_open" if holding else None
+            if held is not None or "BUY" in waiting:
+                return "already_open"
+            return "BUY", None
         if action == "SELL":
-            return None if holding else "nothing_open"
+            if "BUY" in waiting:
+                ledger.set_order(conn, waiting["BUY"], "cancelled", "cancelled by a SELL signal", now)
+                return "cancelled_waiting_buy"
+            if held is None or "SELL" in waiting:
+                return "nothing_open"
+            return "SELL", held.quantity
         return "hold"
 
     async def _on_price_update(self, event: Event) -> None:
@@ -174,16 +204,14 @@ class PaperTradingService(BaseService):
     async def _execute(self, order_id: int) -> dict[str, Any]:
         """Fill, reject, expire or leave an order waiting; the order's state after."""
         order = await self._db(lambda conn: _order(conn, order_id))
-        if order["status"] != "pending":
-            return order
+        if order is None or order["status"] != "pending":
+            return order or {"id": order_id, "status": "gone", "reason": "the account was reset"}
         session = self.calendar.open_session(self.clock.now())
         if session is None:
+            if self.config.after_hours == "expire":
+                return await self._finish(order_id, "expired", "the market is closed (after_hours = expire)")
             return await self._wait(
                 order_id, "the market is closed: waits for the next session's first price"
-            )
-        if self.config.after_hours == "expire" and order["created_at"] < utc_iso(session.open):
-            return await self._finish(
-                order_id, "expired", "placed outside market hours (after_hours = expire)"
             )
         try:
             quote = await self._quote(order["symbol"])
@@ -191,33 +219,39 @@ class PaperTradingService(BaseService):
             return await self._wait(order_id, f"no price: {exc.message}")
         if quote.price_time != session.date.isoformat():
             return await self._wait(order_id, f"no price of today's session yet (latest {quote.price_time})")
-        async with self._book:
-            return await self._fill(order_id, quote)
-
-    async def _fill(self, order_id: int, quote: Quote) -> dict[str, Any]:
-        now = self.clock.now()
+        # Prices are fetched before the book is locked: a slow market data must not hold it.
         marks = await self._marks()
-        day_start = await self._day_start_equity()
+        async with self._book:
+            return await self._fill(order_id, quote, marks)
 
-        def apply(conn: sqlite3.Connection) -> tuple[dict[str, Any], Fill | None, bool]:
+    async def _fill(self, order_id: int, quote: Quote, marks: Marks) -> dict[str, Any]:
+        """Fill a pending order under the book lock (the caller holds it)."""
+        now = self.clock.now()
+        day = self._session_day().isoformat()
+
+        def apply(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, Fill | None, int | None]:
             with transaction(conn):
                 order = _order(conn, order_id)
-                if order["status"] != "pending":
-                    return order, None, False
+                if order is None or order["status"] != "pending":
+                    return order, None, None
                 symbol, side = order["symbol"], order["side"]
                 held = ledger.positions(conn).get(symbol)
+                day_start = _day_open(conn, day, self._portfolio(conn, marks, 0).equity_cents)
                 try:
                     fill = self._apply_order(conn, order, held, quote, marks, day_start, now)
                 except Rejected as exc:
                     ledger.set_order(conn, order_id, "rejected", f"{exc.reason}: {exc.message}", now)
-                    return _order(conn, order_id), None, exc.reason == "max_daily_loss"
+                    loss = self._portfolio(conn, marks, day_start).day_pnl_cents
+                    return _order(conn, order_id), None, loss if exc.reason == "max_daily_loss" else None
                 closed = side == "SELL" and held is not None and fill.quantity == held.quantity
-                ledger.reconcile(conn)
-                return {**_order(conn, order_id), "closed": closed}, fill, False
+                ledger.check_invariant(conn)
+                return {**(_order(conn, order_id) or {}), "closed": closed}, fill, None
 
-        order, fill, daily_loss = await self._db(apply)
-        if daily_loss:
-            await self._risk_alert(order)
+        order, fill, day_loss = await self._db(apply)
+        if order is None:
+            return {"id": order_id, "status": "gone", "reason": "the account was reset"}
+        if day_loss is not None:
+            await self._risk_alert(day_loss)
         if fill is not None:
             self._fills += 1
             if self.config.ig.mirror_orders:
@@ -240,7 +274,7 @@ class PaperTradingService(BaseService):
         order: dict[str, Any],
         held: ledger.Position | None,
         quote: Quote,
-        marks: dict[str, Decimal],
+        marks: Marks,
         day_start: int,
         now: datetime,
     ) -> Fill:
@@ -259,9 +293,12 @@ class PaperTradingService(BaseService):
             return ledger.sell(
                 conn, quantity=quantity, commission=self.costs.commission_cents(value), **common
             )
+        if held is not None and order["origin"] == "signal":
+            raise Rejected(f"a {symbol} position is already open", reason="position_open")
         portfolio = self._portfolio(conn, marks, day_start)
         quantity = order["quantity"] or buy_quantity(portfolio, price, self.config)
-        _value, commission = check_buy(portfolio, quantity, price, self.costs, self.config)
+        held_value = _value(held, marks) if held is not None else 0
+        _value_cents, commission = check_buy(portfolio, quantity, price, held_value, self.costs, self.config)
         return ledger.buy(conn, quantity=quantity, commission=commission, stop_loss=self.stop_loss,
                           take_profit=self.take_profit, **common)  # fmt: skip
 
@@ -273,9 +310,12 @@ class PaperTradingService(BaseService):
 
         def write(conn: sqlite3.Connection) -> dict[str, Any]:
             with transaction(conn):
-                if _order(conn, order_id)["status"] == "pending":
+                order = _order(conn, order_id)
+                if order is None:
+                    return {"id": order_id, "status": "gone", "reason": "the account was reset"}
+                if order["status"] == "pending":
                     ledger.set_order(conn, order_id, status, reason, now)
-                return _order(conn, order_id)
+                return _order(conn, order_id) or order
 
         async with self._book:
             return await self._db(write)
@@ -292,19 +332,19 @@ class PaperTradingService(BaseService):
     # -- stops ----------------------------------------------------------------------------
 
     async def _check_stops(self, only: str | None) -> None:
+        """Close positions whose price crossed their stop-loss or take-profit; also send the day's
+        risk alert once the daily loss limit is reached."""
+        session = self.calendar.open_session(self.clock.now())
+        if session is None:
+            return
+        marks = await self._marks()
         held = await self._db(ledger.positions)
         for symbol, position in held.items():
-            if only is not None and symbol != only:
+            quote = self._quotes.get(symbol)
+            if (only is not None and symbol != only) or symbol in marks.unpriced or quote is None:
                 continue
-            session = self.calendar.open_session(self.clock.now())
-            if session is None:
-                return
-            try:
-                quote = await self._quote(symbol)
-            except TradingError:
-                continue  # no price, no decision; health shows the price error
             if quote.price_time != session.date.isoformat():
-                continue
+                continue  # yesterday's close says nothing about today's stops
             reason = (
                 "stop_loss" if quote.price <= position.stop_price
                 else "take_profit" if quote.price >= position.take_profit_price
@@ -327,7 +367,20 @@ class PaperTradingService(BaseService):
             async with self._book:
                 order_id = await self._db(place)
                 if order_id is not None:
-                    await self._fill(order_id, quote)
+                    await self._fill(order_id, quote, marks)
+        await self._check_daily_loss(marks)
+
+    async def _check_daily_loss(self, marks: Marks) -> None:
+        day = self._session_day().isoformat()
+
+        def read(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                equity = self._portfolio(conn, marks, 0).equity_cents
+                return equity - _day_open(conn, day, equity)
+
+        loss = await self._db(read)
+        if loss <= -_cents(self.config.max_daily_loss):
+            await self._risk_alert(loss)
 
     # -- prices and the portfolio ---------------------------------------------------------
 
@@ -348,44 +401,47 @@ class PaperTradingService(BaseService):
         self._quotes[symbol] = quote
         return quote
 
-    async def _marks(self) -> dict[str, Decimal]:
-        """The latest price of each open position, or its entry price when market data cannot say."""
+    async def _marks(self) -> Marks:
+        """The latest price of each open position; one market data cannot price now is valued at
+        its last known price, else its entry price, and listed as unpriced."""
         held = await self._db(ledger.positions)
-        marks = {}
+        prices: dict[str, Decimal] = {}
+        unpriced = set()
         for symbol, position in held.items():
             try:
-                marks[symbol] = (await self._quote(symbol)).price
+                prices[symbol] = (await self._quote(symbol)).price
             except TradingError:
-                marks[symbol] = self._quotes[symbol].price if symbol in self._quotes else position.entry_price
-        return marks
+                unpriced.add(symbol)
+                prices[symbol] = (
+                    self._quotes[symbol].price if symbol in self._quotes else position.entry_price
+                )
+        return Marks(prices, frozenset(unpriced))
 
-    def _portfolio(self, conn: sqlite3.Connection, marks: dict[str, Decimal], day_start: int) -> Portfolio:
+    def _portfolio(self, conn: sqlite3.Connection, marks: Marks, day_start: int) -> Portfolio:
         acct = ledger.account(conn)
-        value = sum(
-            ledger.cents_of(marks.get(s, p.entry_price) * p.quantity)
-            for s, p in ledger.positions(conn).items()
-        )
+        value = sum(_value(p, marks) for p in ledger.positions(conn).values())
         return Portfolio(acct.cash_cents, value, day_start)
 
-    async def _day_start_equity(self) -> int:
-        today = self._session_day().isoformat()
+    async def _risk_alert(self, day_loss_cents: int) -> None:
+        """One ``risk_alert`` a day when the daily loss limit is reached (remembered across restarts)."""
+        day = self._session_day().isoformat()
 
-        def read(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT equity_cents FROM equity WHERE day < ? ORDER BY day DESC LIMIT 1", (today,)
-            ).fetchone()
-            return int(row[0]) if row else ledger.account(conn).starting_cents
+        def claim(conn: sqlite3.Connection) -> bool:
+            with transaction(conn):
+                return (
+                    conn.execute(
+                        "UPDATE day_open SET alerted = 1 WHERE day = ? AND alerted = 0", (day,)
+                    ).rowcount
+                    == 1
+                )
 
-        return await self._db(read)
-
-    async def _risk_alert(self, order: dict[str, Any]) -> None:
-        day = self._session_day()
-        if self._risk_alert_day == day:
+        if not await self._db(claim):
             return
-        self._risk_alert_day = day
         await self.bus.publish(EventType.RISK_ALERT, {
-            "rule": "max_daily_loss", "limit": self.config.max_daily_loss, "message": order.get("reason"),
-            "day": day.isoformat(),
+            "rule": "max_daily_loss", "day": day, "day_pnl": dollars(day_loss_cents),
+            "limit": self.config.max_daily_loss,
+            "message": f"the day's loss ${-day_loss_cents / 100:,.2f} reached the limit "
+                       f"${self.config.max_daily_loss:,.2f}: no new buys today",
         })  # fmt: skip
 
     # -- RPC ------------------------------------------------------------------------------
@@ -405,6 +461,7 @@ class PaperTradingService(BaseService):
         now = self.clock.now()
 
         def place(conn: sqlite3.Connection) -> tuple[int, bool]:
+            """(the order, whether this call created it)."""
             with transaction(conn):
                 if idempotency_key is not None:
                     row = conn.execute(
@@ -413,16 +470,22 @@ class PaperTradingService(BaseService):
                     if row is not None:
                         return int(row[0]), False
                 held = ledger.positions(conn).get(symbol)
-                if action == "SELL" and (held is None or held.quantity < quantity):
-                    raise Rejected(f"selling {quantity} {symbol} but holding {held.quantity if held else 0}",
-                                   reason="quantity_above_position")  # fmt: skip
-                return ledger.new_order(conn, symbol=symbol, side=action, quantity=quantity, origin="manual",
-                                        now=now, idempotency_key=idempotency_key), True  # fmt: skip
+                short = action == "SELL" and (held is None or held.quantity < quantity)
+                order_id = ledger.new_order(
+                    conn, symbol=symbol, side=action, quantity=quantity, origin="manual", now=now,
+                    idempotency_key=idempotency_key, status="rejected" if short else "pending",
+                    reason=f"quantity_above_position: selling {quantity} {symbol} but holding "
+                    f"{held.quantity if held else 0}" if short else None,
+                )  # fmt: skip
+                return order_id, True
 
         async with self._book:
-            order_id, new = await self._db(place)
-        order = await self._execute(order_id) if new else await self._db(lambda conn: _order(conn, order_id))
-        if new and order["status"] == "rejected":
+            order_id, created = await self._db(place)
+        order = await self._db(lambda conn: _order(conn, order_id))
+        assert order is not None
+        if created and order["status"] == "pending":
+            order = await self._execute(order_id)
+        if created and order["status"] == "rejected":
             reason, _, message = (order["reason"] or "rejected: ").partition(": ")
             raise Rejected(message, reason=reason, order_id=order_id)
         return order
@@ -432,18 +495,19 @@ class PaperTradingService(BaseService):
         """Open positions with their market value and unrealised P&L (at the latest price)."""
         marks = await self._marks()
         held = await self._db(ledger.positions)
-        return [_position_wire(p, marks.get(symbol)) for symbol, p in held.items()]
+        return [_position_wire(p, marks) for p in held.values()]
 
     @rpc_method(idempotent=True)
     async def get_portfolio_status(self) -> dict[str, Any]:
         """Cash, market value, equity, exposure, day and total P&L, and how much of each limit is used."""
         marks = await self._marks()
-        day_start = await self._day_start_equity()
-
+        day = self._session_day().isoformat()
         daily_limit = _cents(self.config.max_daily_loss)
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             acct = ledger.account(conn)
+            with transaction(conn):
+                day_start = _day_open(conn, day, self._portfolio(conn, marks, 0).equity_cents)
             portfolio = self._portfolio(conn, marks, day_start)
             pending = conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0]
             return {
@@ -472,7 +536,8 @@ class PaperTradingService(BaseService):
 
     @rpc_method(idempotent=True)
     async def get_trade_history(self, symbol: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Fills, newest first; and orders that were rejected or expired, with the reason."""
+        """Orders newest first with their fills; waiting, rejected, expired and cancelled ones
+        with the reason."""
         if symbol is not None:
             symbol = self._symbol(symbol)
         if not 1 <= limit <= 1000:
@@ -509,19 +574,32 @@ class PaperTradingService(BaseService):
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             cutoff = since or ""
+            # A closed trade's P&L is net: less its sell commission and its buys' share of theirs.
             trades = [ClosedTrade(*r) for r in conn.execute(
-                "SELECT symbol, realised_cents, commission_cents, filled_at FROM fills "
+                "SELECT symbol, realised_cents, realised_cents - commission_cents - entry_commission_cents, "
+                "filled_at FROM fills "
                 "WHERE side = 'SELL' AND filled_at >= ? ORDER BY id", (cutoff,))]  # fmt: skip
+            commissions = conn.execute(
+                "SELECT coalesce(sum(commission_cents), 0) FROM fills WHERE filled_at >= ?", (cutoff,)
+            ).fetchone()[0]
             equity_rows = conn.execute(
                 "SELECT day, equity_cents, market_value_cents FROM equity WHERE taken_at >= ? ORDER BY day",
                 (cutoff,),
             ).fetchall()
+            # The period's base: the last snapshot before it (else the first in it, or the start).
+            before = conn.execute(
+                "SELECT equity_cents FROM equity WHERE taken_at < ? ORDER BY day DESC LIMIT 1", (cutoff,)
+            ).fetchone()
             acct = ledger.account(conn)
             held = ledger.positions(conn)
             unrealised = sum(_value(p, marks) - p.cost_cents for p in held.values())
             equity_now = acct.cash_cents + sum(_value(p, marks) for p in held.values())
-            curve = [r[1] for r in equity_rows] + [equity_now]
-            base = equity_rows[0][1] if equity_rows and since else acct.starting_cents
+            curve = ([before[0]] if before else []) + [r[1] for r in equity_rows]
+            if not equity_rows or equity_rows[-1][0] != self._session_day().isoformat():
+                curve.append(equity_now)  # today, when its snapshot is not taken yet
+            base = (
+                before[0] if before else equity_rows[0][1] if equity_rows and since else acct.starting_cents
+            )
             per_symbol: dict[str, Any] = {}
             for symbol in sorted({t.symbol for t in trades} | set(held)):
                 mine = [t for t in trades if t.symbol == symbol]
@@ -539,7 +617,7 @@ class PaperTradingService(BaseService):
                 "total_return": round(equity_now / base - 1, 6) if base > 0 else None,
                 "realised_pnl": dollars(sum(t.realised_cents for t in trades)),
                 "unrealised_pnl": dollars(unrealised),
-                "commissions": dollars(sum(t.commission_cents for t in trades)),
+                "commissions": dollars(commissions),
                 **trade_statistics(trades),
                 "max_drawdown": max_drawdown(curve),
                 **ratios(curve),
@@ -592,10 +670,11 @@ class PaperTradingService(BaseService):
 
         def reset(conn: sqlite3.Connection) -> dict[str, Any]:
             with transaction(conn):
-                for table in ("fills", "orders", "positions", "equity", "account"):
+                resets = int(conn.execute("SELECT resets FROM account").fetchone()[0])
+                for table in ("fills", "orders", "positions", "equity", "day_open", "account"):
                     conn.execute(f"DELETE FROM {table}")
                 ledger.open_account(conn, _cents(self.config.starting_capital), now)
-                conn.execute("UPDATE account SET resets = resets + 1")
+                conn.execute("UPDATE account SET resets = ?", (resets + 1,))
             return {"cash": dollars(ledger.account(conn).cash_cents), "reset_at": utc_iso(now)}
 
         async with self._book:
@@ -610,26 +689,33 @@ class PaperTradingService(BaseService):
         book = await self._db(lambda conn: (ledger.account(conn), ledger.positions(conn)))
         try:
             return await asyncio.to_thread(
-                compare_with_ig, self.config.ig, self.home, book, marks, self._ig_env, self._ig_session
+                compare_with_ig, self.config.ig, self.home, book, marks.prices, self._ig_env, self._ig_session
             )
         except IgNotConfigured as exc:
             raise DependencyUnavailable(str(exc), service="ig_markets") from None
 
     async def _mirror(self, fill: Fill) -> None:
-        """Place a paper fill on the IG demo account too (``ig.mirror_orders``); a failure is
-        logged and counted, the paper fill stands."""
+        """Place a paper fill on the IG demo account too (``ig.mirror_orders``), one at a time in
+        fill order over one logged-in session; a failure is logged and counted, the paper fill
+        stands."""
         from services.paper_trading.ig import IgNotConfigured, connect, mirror_fill
 
         def place() -> dict[str, Any]:
-            service = connect(self.config.ig, self.home, self._ig_env, self._ig_session)
-            return mirror_fill(service, self.config.ig, fill.symbol, fill.side, fill.quantity)
+            if self._ig_service is None:
+                self._ig_service = connect(self.config.ig, self.home, self._ig_env, self._ig_session)
+            try:
+                return mirror_fill(self._ig_service, self.config.ig, fill.symbol, fill.side, fill.quantity)
+            except TradingError:
+                self._ig_service = None  # log in afresh next time
+                raise
 
-        try:
-            deal = await asyncio.to_thread(place)
-        except (IgNotConfigured, TradingError) as exc:
-            self.stats.incr("ig.mirror_failed")
-            log.error("mirroring %s %d %s on IG failed: %s", fill.side, fill.quantity, fill.symbol, exc)
-            return
+        async with self._mirror_lock:
+            try:
+                deal = await asyncio.to_thread(place)
+            except (IgNotConfigured, TradingError) as exc:
+                self.stats.incr("ig.mirror_failed")
+                log.error("mirroring %s %d %s on IG failed: %s", fill.side, fill.quantity, fill.symbol, exc)
+                return
         self.stats.incr("ig.mirrored")
         log.info("mirrored fill %d on IG: %s", fill.id, deal.get("dealStatus"))
 
@@ -677,7 +763,7 @@ def _cents(amount: float) -> int:
     return ledger.cents_of(Decimal(str(amount)))
 
 
-def _order(conn: sqlite3.Connection, order_id: int) -> dict[str, Any]:
+def _order(conn: sqlite3.Connection, order_id: int) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT id, symbol, side, quantity, status, reason, origin, signal_id, created_at, updated_at "
         "FROM orders WHERE id = ?",
@@ -698,14 +784,35 @@ def _order(conn: sqlite3.Connection, order_id: int) -> dict[str, Any]:
     return dict(zip(keys, row, strict=True))
 
 
-def _value(position: ledger.Position, marks: Mapping[str, Decimal]) -> int:
+def _value(position: ledger.Position, marks: Marks) -> int:
     """A position's market value in cents: at its latest price, else at its entry price."""
-    return ledger.cents_of(marks.get(position.symbol, position.entry_price) * position.quantity)
+    return ledger.cents_of(marks.prices.get(position.symbol, position.entry_price) * position.quantity)
 
 
-def _position_wire(position: ledger.Position, mark: Decimal | None) -> dict[str, Any]:
-    price = mark if mark is not None else position.entry_price
-    value = ledger.cents_of(price * position.quantity)
+def _day_open(conn: sqlite3.Connection, day: str, equity_cents: int) -> int:
+    """Equity at the day's first valuation (recorded by it): the base of the day's P&L."""
+    conn.execute("INSERT OR IGNORE INTO day_open (day, equity_cents) VALUES (?, ?)", (day, equity_cents))
+    return int(conn.execute("SELECT equity_cents FROM day_open WHERE day = ?", (day,)).fetchone()[0])
+
+
+def _read_signal(event: Event) -> tuple[str, str, float] | None:
+    """(symbol, BUY | SELL | HOLD, confidence) of a trade signal, or None if it cannot be read."""
+    data = event.data
+    symbol, action, confidence = data.get("symbol"), data.get("signal"), data.get("confidence", 0.0)
+    if (
+        event.type != EventType.TRADE_SIGNAL
+        or not isinstance(symbol, str)
+        or action not in ("BUY", "SELL", "HOLD")
+    ):
+        return None
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
+        return None
+    return symbol, str(action), float(confidence)
+
+
+def _position_wire(position: ledger.Position, marks: Marks) -> dict[str, Any]:
+    price = marks.prices.get(position.symbol, position.entry_price)
+    value = _value(position, marks)
     return {
         "symbol": position.symbol,
         "quantity": position.quantity,
@@ -717,5 +824,6 @@ def _position_wire(position: ledger.Position, mark: Decimal | None) -> dict[str,
         "stop_price": str(position.stop_price),
         "take_profit_price": str(position.take_profit_price),
         "opened_at": position.opened_at,
-        "priced": mark is not None,
+        # False: market data could not price it now; valued at its last known or entry price.
+        "priced": position.symbol not in marks.unpriced,
     }

@@ -57,9 +57,16 @@ def buy_quantity(portfolio: Portfolio, price: Decimal, config: PaperTradingConfi
 
 
 def check_buy(
-    portfolio: Portfolio, quantity: int, price: Decimal, costs: Costs, config: PaperTradingConfig
+    portfolio: Portfolio,
+    quantity: int,
+    price: Decimal,
+    held_value_cents: int,
+    costs: Costs,
+    config: PaperTradingConfig,
 ) -> tuple[int, int]:
-    """(value, commission) in cents of a buy the rules allow, or Rejected naming the rule."""
+    """(value, commission) in cents of a buy the rules allow, or Rejected naming the rule.
+    ``held_value_cents``: the market value already held in the symbol (the position limit is per
+    position, not per order)."""
     if portfolio.day_pnl_cents <= -_cents(config.max_daily_loss):
         raise Rejected(
             f"the day's loss ${-portfolio.day_pnl_cents / 100:,.2f} has reached the limit "
@@ -74,9 +81,10 @@ def check_buy(
         )
     value = int((price * quantity * 100).quantize(Decimal(1), ROUND_HALF_UP))
     commission = costs.commission_cents(value)
-    if value > _cents(config.max_position_value):
+    if held_value_cents + value > _cents(config.max_position_value):
+        held = f" with ${held_value_cents / 100:,.2f} already held" if held_value_cents else ""
         raise Rejected(
-            f"${value / 100:,.2f} is above the position limit ${config.max_position_value:,.2f}",
+            f"${value / 100:,.2f}{held} is above the position limit ${config.max_position_value:,.2f}",
             reason="max_position_value",
         )
     if value + commission > portfolio.cash_cents:

@@ -17,11 +17,11 @@ MIGRATIONS = [
             resets INTEGER NOT NULL DEFAULT 0
         );
         CREATE TABLE orders (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, a reset included
             symbol TEXT NOT NULL,
             side TEXT NOT NULL,               -- BUY | SELL
             quantity INTEGER,                 -- NULL: sized at fill time (a BUY signal)
-            status TEXT NOT NULL,             -- pending | filled | rejected | expired
+            status TEXT NOT NULL,             -- pending | filled | rejected | expired | cancelled
             reason TEXT,                      -- why rejected, expired or waiting
             origin TEXT NOT NULL,             -- manual | signal | stop_loss | take_profit
             signal_id TEXT,
@@ -32,7 +32,7 @@ MIGRATIONS = [
         );
         CREATE INDEX orders_pending ON orders (status) WHERE status = 'pending';
         CREATE TABLE fills (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             order_id INTEGER NOT NULL REFERENCES orders (id),
             symbol TEXT NOT NULL,
             side TEXT NOT NULL,
@@ -44,6 +44,7 @@ MIGRATIONS = [
             commission_cents INTEGER NOT NULL,
             cost_cents INTEGER NOT NULL,      -- a sell: the position cost it closed
             realised_cents INTEGER NOT NULL,  -- a sell: value - cost; a buy: 0
+            entry_commission_cents INTEGER NOT NULL DEFAULT 0,  -- a sell: the buys' commission share
             reason TEXT NOT NULL,             -- signal | manual | stop_loss | take_profit
             filled_at TEXT NOT NULL
         );
@@ -52,10 +53,17 @@ MIGRATIONS = [
             symbol TEXT PRIMARY KEY,
             quantity INTEGER NOT NULL CHECK (quantity > 0),
             cost_cents INTEGER NOT NULL,
+            commission_cents INTEGER NOT NULL,  -- the buys' commissions on the shares still held
             entry_price TEXT NOT NULL,        -- average, Decimal
             stop_price TEXT NOT NULL,
             take_profit_price TEXT NOT NULL,
             opened_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        -- Equity at the day's first valuation: the base of the day's P&L (max_daily_loss).
+        CREATE TABLE day_open (
+            day TEXT PRIMARY KEY,
+            equity_cents INTEGER NOT NULL,
+            alerted INTEGER NOT NULL DEFAULT 0   -- the day's risk_alert was sent
         ) WITHOUT ROWID;
         CREATE TABLE equity (
             day TEXT PRIMARY KEY,             -- Sydney session date

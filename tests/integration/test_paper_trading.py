@@ -3,6 +3,7 @@ market hours are chosen) and a stand-in market data service on its real socket."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,8 +30,11 @@ SESSION = "2026-11-20"
 
 
 class Stack:
-    def __init__(self, home: TradingHome, redis: EmbeddedRedis, clock: SimulatedClock) -> None:
+    def __init__(
+        self, home: TradingHome, redis: EmbeddedRedis, clock: SimulatedClock, config: str = ""
+    ) -> None:
         self.home, self.redis, self.clock = home, redis, clock
+        home.config_file.write_text(config)
         self.settings = load_settings(home, env={"REDIS_URL": redis.url})
         self.board = PriceBoard(self.settings)
         self.service = PaperTradingService(self.settings, clock=clock, ig_env={})
@@ -124,19 +128,19 @@ async def test_each_rule_names_itself(client: RpcClient, stack: Stack) -> None:
     with pytest.raises(Rejected) as caught:
         await client.call("execute_trade", {"symbol": "CBA.AX", "action": "SELL", "quantity": 1})
     assert caught.value.data["reason"] == "quantity_above_position"
-    # 80% exposure: eight positions of $9,000 fill it (4 symbols x 2 buys), the next is refused.
-    for symbol in ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"):
-        for _ in range(2):
-            await client.call("execute_trade", {"symbol": symbol, "action": "BUY", "quantity": 90})
+    # The $10,000 limit is per position: a second buy may not take it past.
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 90})
     with pytest.raises(Rejected) as caught:
-        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 90})
-    assert caught.value.data["reason"] == "max_exposure"
+        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 10})
+    assert caught.value.data["reason"] == "max_position_value"
+    assert "already held" in caught.value.message
     with pytest.raises(InvalidParams) as bad:
         await client.call("execute_trade", {"symbol": "XYZ.AX", "action": "BUY", "quantity": 1})
     assert bad.value.data["field"] == "symbol"
     history = await client.call("get_trade_history", {"limit": 20})
-    rejected = [h for h in history if h["status"] == "rejected"]
-    assert rejected[0]["reason"].startswith("max_exposure: ")
+    rejected = [h["reason"].split(":")[0] for h in history if h["status"] == "rejected"]
+    # Every refusal is in the history with its rule, the oversized sell included.
+    assert rejected == ["max_position_value", "quantity_above_position", "max_position_value"]
 
 
 async def test_signals_from_the_stream_apply_once(client: RpcClient, stack: Stack) -> None:
@@ -227,6 +231,9 @@ async def test_the_daily_loss_limit_stops_buys_and_alerts_once(client: RpcClient
         assert caught.value.data["reason"] == "max_daily_loss"
     alerts = await collect(events, 1)
     assert alerts[0]["data"]["rule"] == "max_daily_loss"
+    await stack.clock.advance(61)  # the timer sees the loss too: still one alert that day
+    await asyncio.sleep(0.3)
+    assert await events.get_message(ignore_subscribe_messages=True, timeout=0.5) is None
     status = await client.call("get_portfolio_status")
     assert status["day_pnl"] < -5000
     assert status["limits"]["daily_loss_used"] > 1
@@ -251,3 +258,74 @@ async def test_end_of_day_snapshot_feeds_performance(client: RpcClient, stack: S
     performance = await client.call("get_trading_performance", {"period": "week"})
     assert performance["equity_days"] == 1
     assert performance["unrealised_pnl"] == -2.5
+
+
+async def test_waiting_signals_count_and_a_bad_signal_does_not_block_the_stream(
+    client: RpcClient, stack: Stack
+) -> None:
+    await stack.clock.advance_to(SATURDAY)
+    connection = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        malformed = signal_event(10, "CBA.AX", "BUY")
+        malformed.data["confidence"] = "high"
+        await send(connection, [
+            malformed, signal_event(11, "WBC.AX", "BUY"), signal_event(12, "WBC.AX", "BUY"),
+            signal_event(13, "ANZ.AX", "BUY"), signal_event(14, "ANZ.AX", "SELL"),
+        ])  # fmt: skip
+
+        async def all_seen() -> bool:
+            counters = (await client.call("metrics"))["counters"]
+            return counters.get("signals.received", 0) == 5
+
+        await eventually(all_seen)
+    finally:
+        await connection.aclose()
+    counters = (await client.call("metrics"))["counters"]
+    assert counters["signals.ignored.malformed"] == 1
+    assert counters["signals.ignored.already_open"] == 1  # the second WBC BUY: one is waiting
+    assert counters["signals.ignored.cancelled_waiting_buy"] == 1
+    history = await client.call("get_trade_history", {"limit": 10})
+    assert sorted((h["symbol"], h["status"]) for h in history) == [
+        ("ANZ.AX", "cancelled"),
+        ("WBC.AX", "pending"),
+    ]
+    PriceBoard.prices["WBC.AX"] = (30.0, "2026-11-23")
+    await stack.clock.advance_to(MONDAY_OPEN)
+
+    async def one_position() -> bool:
+        return len(await client.call("get_positions")) == 1
+
+    await eventually(one_position)
+    assert (await client.call("get_positions"))[0]["symbol"] == "WBC.AX"
+
+
+async def test_expire_mode_expires_orders_outside_market_hours(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    stack = Stack(home, redis, SimulatedClock(SATURDAY), '[paper_trading]\nafter_hours = "expire"\n')
+    await stack.board.start()
+    await stack.service.start()
+    try:
+        order = await stack.service.execute_trade("CBA.AX", "BUY", 10)
+        assert order["status"] == "expired"
+        assert "after_hours = expire" in order["reason"]
+    finally:
+        await stack.service.stop()
+        await stack.board.stop()
+
+
+async def test_a_price_update_event_triggers_the_stop(client: RpcClient, stack: Stack) -> None:
+    events = await stack.events("position_closed")
+    await client.call("execute_trade", {"symbol": "NAB.AX", "action": "BUY", "quantity": 20})
+    PriceBoard.prices["NAB.AX"] = (90.0, SESSION)
+    await stack.service.bus.publish("market_data_updated", {"symbol": "NAB.AX"})
+    closed = await collect(events, 1)
+    assert closed[0]["data"]["reason"] == "stop_loss"
+
+
+async def test_unpriced_positions_say_so(client: RpcClient) -> None:
+    await client.call("execute_trade", {"symbol": "ANZ.AX", "action": "BUY", "quantity": 20})
+    PriceBoard.prices["ANZ.AX"] = DependencyUnavailable("Yahoo Finance unreachable")
+    position = (await client.call("get_positions"))[0]
+    assert position["priced"] is False
+    assert position["market_price"] == "100.0000"  # the last price market data gave

@@ -38,6 +38,14 @@ def applied(home: TradingHome) -> int:
         return 0
 
 
+def settled(home: TradingHome) -> bool:
+    """Every signal applied, and no order still waiting for its fill."""
+    if applied(home) < len(SIGNALS):
+        return False
+    with sqlite3.connect(f"file:{home.database('paper_trading')}?mode=ro", uri=True, timeout=5) as conn:
+        return conn.execute("SELECT count(*) FROM orders WHERE status = 'pending'").fetchone()[0] == 0
+
+
 def book(home: TradingHome) -> dict[str, Any]:
     with sqlite3.connect(home.database("paper_trading"), timeout=5) as conn:
         return {
@@ -80,9 +88,8 @@ async def run(home: TradingHome, redis: EmbeddedRedis, *, kill_after: int | None
             trader.process.wait()
             trader = start(home, redis)
         deadline = time.monotonic() + 90
-        while applied(home) < len(SIGNALS) and time.monotonic() < deadline:
+        while not settled(home) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # the last order's fill follows its signal's commit
         return book(home)
     finally:
         await connection.aclose()

@@ -80,9 +80,11 @@ BOOK = (
     Account(10_000_000, 9_000_000, 0, 2_000, "2026-11-01T00:00:00Z"),
     {
         "CBA.AX": Position(
-            "CBA.AX", 50, 500_000, Decimal("100"), Decimal("95"), Decimal("110"), "2026-11-19"
+            "CBA.AX", 50, 500_000, 1_500, Decimal(100), Decimal(95), Decimal(110), "2026-11-19"
         ),
-        "WBC.AX": Position("WBC.AX", 20, 60_000, Decimal("30"), Decimal("28.5"), Decimal("33"), "2026-11-19"),
+        "WBC.AX": Position(
+            "WBC.AX", 20, 60_000, 1_060, Decimal(30), Decimal("28.5"), Decimal(33), "2026-11-19"
+        ),
     },
 )
 

@@ -1,4 +1,5 @@
-"""The ledger reconciles to the cent after any sequence of buys and sells (property test)."""
+"""The ledger reconciles to the cent after any sequence of buys and sells, and splits a position's
+cost exactly as a reference model does (property tests)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.base.db import migrate, transaction
+from services.paper_trading.config import PaperTradingConfig
 from services.paper_trading.ledger import (
     account,
     buy,
     cents_of,
-    commission_cents,
     new_order,
     open_account,
     positions,
@@ -22,11 +23,13 @@ from services.paper_trading.ledger import (
     sell,
     to_price,
 )
+from services.paper_trading.rules import Costs
 from services.paper_trading.schema import MIGRATIONS
 
 NOW = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+LATER = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
 SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX")
-RATE = Decimal("0.001")
+COSTS = Costs(PaperTradingConfig())
 
 
 def fresh() -> sqlite3.Connection:
@@ -37,16 +40,17 @@ def fresh() -> sqlite3.Connection:
     return conn
 
 
-def trade(conn: sqlite3.Connection, side: str, symbol: str, quantity: int, price: Decimal) -> None:
+def trade(
+    conn: sqlite3.Connection, side: str, symbol: str, quantity: int, price: Decimal, now: datetime = NOW
+):
     with transaction(conn):
-        order = new_order(conn, symbol=symbol, side=side, quantity=quantity, origin="manual", now=NOW)
-        commission = commission_cents(cents_of(price * quantity), 1000, RATE)
+        order = new_order(conn, symbol=symbol, side=side, quantity=quantity, origin="manual", now=now)
+        commission = COSTS.commission_cents(cents_of(price * quantity))
         common = dict(order_id=order, symbol=symbol, quantity=quantity, price=price, market_price=price,
-                      price_time="2026-11-19", commission=commission, reason="manual", now=NOW)  # fmt: skip
+                      price_time="2026-11-19", commission=commission, reason="manual", now=now)  # fmt: skip
         if side == "BUY":
-            buy(conn, stop_loss=Decimal("0.05"), take_profit=Decimal("0.10"), **common)
-        else:
-            sell(conn, **common)
+            return buy(conn, stop_loss=Decimal("0.05"), take_profit=Decimal("0.10"), **common)
+        return sell(conn, **common)
 
 
 steps = st.lists(
@@ -62,19 +66,38 @@ steps = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(steps)
-def test_any_sequence_reconciles_to_the_cent(sequence: list[tuple[str, str, int, Decimal]]) -> None:
+def test_any_sequence_reconciles_and_matches_the_reference_model(sequence: list) -> None:
     conn = fresh()
-    for side, symbol, quantity, price in sequence:
-        held = positions(conn).get(symbol)
+    # The reference: per symbol, shares, cost and buy commissions; a sale of q of Q shares takes
+    # floor(cost x q / Q) (all of it when q = Q); realised = proceeds - that share.
+    model: dict[str, list[int]] = {}
+    realised = 0
+    for side, symbol, quantity, raw_price in sequence:
+        price = to_price(raw_price)
+        held = model.get(symbol)
         if side == "SELL":
             if held is None:
                 continue
-            quantity = min(quantity, held.quantity)
-        trade(conn, side, symbol, quantity, to_price(price))
-        reconcile(conn)  # raises if either side of the invariant differs by a cent
-    acct = account(conn)
-    cost = sum(p.cost_cents for p in positions(conn).values())
-    assert acct.starting_cents + acct.realised_cents - acct.commissions_cents == acct.cash_cents + cost
+            quantity = min(quantity, held[0])
+        fill = trade(conn, side, symbol, quantity, price)
+        value = cents_of(price * quantity)
+        if side == "BUY":
+            shares, cost, commissions = held or [0, 0, 0]
+            model[symbol] = [shares + quantity, cost + value, commissions + fill.commission_cents]
+        else:
+            shares, cost, commissions = held
+            share = cost if quantity == shares else cost * quantity // shares
+            entry = commissions if quantity == shares else commissions * quantity // shares
+            realised += value - share
+            assert fill.realised_cents == value - share
+            if quantity == shares:
+                del model[symbol]
+            else:
+                model[symbol] = [shares - quantity, cost - share, commissions - entry]
+        reconcile(conn)  # raises if either side of the invariant or the fills differ by a cent
+        book = positions(conn)
+        assert {s: [p.quantity, p.cost_cents, p.commission_cents] for s, p in book.items()} == model
+    assert account(conn).realised_cents == realised
 
 
 def test_a_round_trip_by_hand() -> None:
@@ -91,4 +114,19 @@ def test_a_round_trip_by_hand() -> None:
     assert acct.commissions_cents == 2_000 + 1_440 + 1_540
     assert acct.cash_cents == 10_000_000 - 1_002_000 + 440_000 - 1_440 + 540_000 - 1_540
     assert positions(conn) == {}
+    reconcile(conn)
+
+
+def test_an_uneven_split_and_averaging_up() -> None:
+    conn = fresh()
+    trade(conn, "BUY", "WBC.AX", 3, Decimal("10.01"))  # cost 30.03
+    trade(conn, "BUY", "WBC.AX", 4, Decimal("11.00"), LATER)  # cost 44.00; 7 shares, 74.03
+    held = positions(conn)["WBC.AX"]
+    assert (held.quantity, held.cost_cents) == (7, 7_403)
+    assert held.entry_price == Decimal("10.5757")  # 74.03 / 7, half up
+    assert held.stop_price == Decimal("10.0469")  # from the average
+    assert held.opened_at.startswith("2026-11-20T00:00:00")  # opened with the first buy, not the second
+    sold = trade(conn, "SELL", "WBC.AX", 2, Decimal("12.00"))
+    assert sold.realised_cents == 2_400 - 7_403 * 2 // 7  # 24.00 - 21.15
+    assert positions(conn)["WBC.AX"].cost_cents == 7_403 - 2_115
     reconcile(conn)
