@@ -121,14 +121,19 @@ class PaperTradingService(BaseService):
             await self._market_data.close()
 
     async def _watch(self) -> None:
-        """Pending orders and stops, every ``check_interval_s`` while the market is open."""
+        """Pending orders and stops, every ``check_interval_s`` while the market is open; while it
+        is closed, nothing until the next session opens."""
         while True:
-            if self._market_open():
-                try:
-                    await self._work_pending()
-                    await self._check_stops(None)
-                except Exception:  # logged; the next round tries again
-                    log.exception("checking orders and stops failed")
+            now = self.clock.now()
+            if self.calendar.open_session(now) is None:
+                upcoming = self.calendar.next_open(now)
+                await self.clock.sleep_until(upcoming.open if upcoming else now + timedelta(days=1))
+                continue
+            try:
+                await self._work_pending()
+                await self._check_stops(None)
+            except Exception:  # logged; the next round tries again
+                log.exception("checking orders and stops failed")
             await self.clock.sleep(self.config.check_interval_s)
 
     # -- signals --------------------------------------------------------------------------
