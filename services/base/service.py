@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, TypedDict
+from typing import Any, ClassVar, Literal, TypedDict, TypeVar
 
 import psutil
 
@@ -29,6 +30,8 @@ from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import PeerUid, RpcServer
 
 log = logging.getLogger("services.service")
+
+T = TypeVar("T")
 
 Status = Literal["ok", "degraded", "failing"]
 
@@ -188,6 +191,12 @@ class BaseService:
 
     async def _start(self) -> None:
         """Open what the service needs (clients, caches, subscriptions). Override."""
+
+    async def _db(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(conn)`` on the service's database (``uses_database``), off the event loop."""
+        if self.db is None:
+            raise RuntimeError(f"{self.name}: no database open (uses_database, after start)")
+        return await self.db.run(work)
 
     async def _stop(self) -> None:
         """Flush and close what ``_start`` opened. Override."""

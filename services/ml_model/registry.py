@@ -96,14 +96,6 @@ def _version_number(version: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     with path.open("wb") as handle:
         handle.write(data)
@@ -235,14 +227,15 @@ class ModelRegistry:
         staging = directory / f".incoming-{secrets.token_hex(6)}"
         staging.mkdir()
         try:
-            model_path = staging / MODEL_FILE
-            _write_synced(model_path, sio.dumps(model))
+            data = sio.dumps(model)
+            digest = hashlib.sha256(data).hexdigest()
+            _write_synced(staging / MODEL_FILE, data)
             existing = self.versions(scope, name)
             number = _version_number(existing[-1]) + 1 if existing else 1
             while True:
                 version = f"v{number}"
                 full_card = {**card, "scope": scope, "model": name, "version": version,
-                             "file": MODEL_FILE, "sha256": file_sha256(model_path)}  # fmt: skip
+                             "file": MODEL_FILE, "sha256": digest}  # fmt: skip
                 _write_synced(staging / CARD_FILE, orjson.dumps(full_card, option=orjson.OPT_INDENT_2))
                 try:
                     staging.rename(directory / version)  # fails if another writer took the name

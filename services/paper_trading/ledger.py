@@ -33,6 +33,11 @@ def cents_of(amount: Decimal) -> int:
     return int((amount * 100).quantize(Decimal(1), ROUND_HALF_UP))
 
 
+def cents_of_dollars(amount: float) -> int:
+    """A configured dollar amount (``max_daily_loss``, ...) as whole cents."""
+    return cents_of(Decimal(str(amount)))
+
+
 def dollars(cents: int) -> float:
     """Cents for the wire (display); the ledger never computes with it."""
     return cents / 100

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -34,6 +34,7 @@ from services.base.events import SIGNALS_STREAM, Event, EventType
 from services.base.outbox import Inbox
 from services.base.rpc import RpcClient, rpc_method
 from services.base.service import BaseService, Check, ServiceState
+from services.base.symbols import configured_symbol
 from services.paper_trading import ledger
 from services.paper_trading.analytics import ClosedTrade, max_drawdown, ratios, trade_statistics
 from services.paper_trading.config import PaperTradingConfig
@@ -103,7 +104,7 @@ class PaperTradingService(BaseService):
             migrate(conn, MIGRATIONS)
             Inbox.create_tables(conn)
             with transaction(conn):
-                ledger.open_account(conn, _cents(self.config.starting_capital), now)
+                ledger.open_account(conn, ledger.cents_of_dollars(self.config.starting_capital), now)
             ledger.reconcile(conn)
 
         await self._db(prepare)
@@ -384,7 +385,7 @@ class PaperTradingService(BaseService):
                 return equity - _day_open(conn, day, equity)
 
         loss = await self._db(read)
-        if loss <= -_cents(self.config.max_daily_loss):
+        if loss <= -ledger.cents_of_dollars(self.config.max_daily_loss):
             await self._risk_alert(loss)
 
     # -- prices and the portfolio ---------------------------------------------------------
@@ -410,16 +411,17 @@ class PaperTradingService(BaseService):
         """The latest price of each open position; one market data cannot price now is valued at
         its last known price, else its entry price, and listed as unpriced."""
         held = await self._db(ledger.positions)
+        quotes = await asyncio.gather(*(self._quote(symbol) for symbol in held), return_exceptions=True)
         prices: dict[str, Decimal] = {}
         unpriced = set()
-        for symbol, position in held.items():
-            try:
-                prices[symbol] = (await self._quote(symbol)).price
-            except TradingError:
-                unpriced.add(symbol)
-                prices[symbol] = (
-                    self._quotes[symbol].price if symbol in self._quotes else position.entry_price
-                )
+        for (symbol, position), quote in zip(held.items(), quotes, strict=True):
+            if isinstance(quote, Quote):
+                prices[symbol] = quote.price
+                continue
+            if not isinstance(quote, TradingError):
+                raise quote
+            unpriced.add(symbol)
+            prices[symbol] = self._quotes[symbol].price if symbol in self._quotes else position.entry_price
         return Marks(prices, frozenset(unpriced))
 
     def _portfolio(self, conn: sqlite3.Connection, marks: Marks, day_start: int) -> Portfolio:
@@ -507,7 +509,7 @@ class PaperTradingService(BaseService):
         """Cash, market value, equity, exposure, day and total P&L, and how much of each limit is used."""
         marks = await self._marks()
         day = self._session_day().isoformat()
-        daily_limit = _cents(self.config.max_daily_loss)
+        daily_limit = ledger.cents_of_dollars(self.config.max_daily_loss)
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             acct = ledger.account(conn)
@@ -678,7 +680,7 @@ class PaperTradingService(BaseService):
                 resets = int(conn.execute("SELECT resets FROM account").fetchone()[0])
                 for table in ("fills", "orders", "positions", "equity", "day_open", "account"):
                     conn.execute(f"DELETE FROM {table}")
-                ledger.open_account(conn, _cents(self.config.starting_capital), now)
+                ledger.open_account(conn, ledger.cents_of_dollars(self.config.starting_capital), now)
                 conn.execute("UPDATE account SET resets = ?", (resets + 1,))
             return {"cash": dollars(ledger.account(conn).cash_cents), "reset_at": utc_iso(now)}
 
@@ -726,10 +728,6 @@ class PaperTradingService(BaseService):
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _db(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        assert self.db is not None
-        return await self.db.run(work)
-
     def _market_open(self) -> bool:
         return self.calendar.open_session(self.clock.now()) is not None
 
@@ -737,14 +735,7 @@ class PaperTradingService(BaseService):
         return self.clock.now().astimezone(SYDNEY).date()
 
     def _symbol(self, symbol: str) -> str:
-        wanted = symbol.strip().upper()
-        for known in self.config.symbols:
-            if known.upper() == wanted:
-                return known
-        raise InvalidParams(
-            f"unknown symbol {symbol!r}; traded: {', '.join(self.config.symbols)} (paper_trading.symbols)",
-            field="symbol",
-        )
+        return configured_symbol(symbol, self.config.symbols, setting="paper_trading.symbols")
 
     # -- health ---------------------------------------------------------------------------
 
@@ -762,10 +753,6 @@ class PaperTradingService(BaseService):
         if self.state is not ServiceState.RUNNING:
             return {}
         return {"fills_since_start": self._fills, "market_open": self._market_open()}
-
-
-def _cents(amount: float) -> int:
-    return ledger.cents_of(Decimal(str(amount)))
 
 
 def _order(conn: sqlite3.Connection, order_id: int) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from services.base.errors import Rejected
 from services.paper_trading.config import PaperTradingConfig
+from services.paper_trading.ledger import cents_of_dollars
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ class Costs:
     """Commission and slippage from the config, in exact arithmetic."""
 
     def __init__(self, config: PaperTradingConfig) -> None:
-        self.fixed_cents = _cents(config.commission_fixed)
+        self.fixed_cents = cents_of_dollars(config.commission_fixed)
         self.rate = Decimal(str(config.commission_rate))
         self.slippage = Decimal(str(config.slippage_bps)) / Decimal(10_000)
 
@@ -45,14 +46,10 @@ class Costs:
         return self.fixed_cents + int((Decimal(value_cents) * self.rate).quantize(Decimal(1), ROUND_HALF_UP))
 
 
-def _cents(dollars: float) -> int:
-    return int((Decimal(str(dollars)) * 100).quantize(Decimal(1), ROUND_HALF_UP))
-
-
 def buy_quantity(portfolio: Portfolio, price: Decimal, config: PaperTradingConfig) -> int:
     """Whole shares for a new position: ``position_size`` of the portfolio, at most ``max_position_value``."""
     share = Decimal(portfolio.equity_cents) * Decimal(str(config.position_size))
-    budget = min(share, Decimal(_cents(config.max_position_value)))
+    budget = min(share, Decimal(cents_of_dollars(config.max_position_value)))
     return int((budget / (price * 100)).to_integral_value(ROUND_FLOOR))
 
 
@@ -67,7 +64,7 @@ def check_buy(
     """(value, commission) in cents of a buy the rules allow, or Rejected naming the rule.
     ``held_value_cents``: the market value already held in the symbol (the position limit is per
     position, not per order)."""
-    if portfolio.day_pnl_cents <= -_cents(config.max_daily_loss):
+    if portfolio.day_pnl_cents <= -cents_of_dollars(config.max_daily_loss):
         raise Rejected(
             f"the day's loss ${-portfolio.day_pnl_cents / 100:,.2f} has reached the limit "
             f"${config.max_daily_loss:,.2f}: no new buys today",
@@ -81,7 +78,7 @@ def check_buy(
         )
     value = int((price * quantity * 100).quantize(Decimal(1), ROUND_HALF_UP))
     commission = costs.commission_cents(value)
-    if held_value_cents + value > _cents(config.max_position_value):
+    if held_value_cents + value > cents_of_dollars(config.max_position_value):
         held = f" with ${held_value_cents / 100:,.2f} already held" if held_value_cents else ""
         raise Rejected(
             f"${value / 100:,.2f}{held} is above the position limit ${config.max_position_value:,.2f}",

@@ -33,6 +33,7 @@ from services.base.events import SIGNALS_STREAM, EventType
 from services.base.outbox import Outbox
 from services.base.rpc import RpcClient, rpc_method
 from services.base.service import BaseService, Check, ServiceState
+from services.base.symbols import configured_symbol
 from services.prediction.config import PredictionConfig
 from services.prediction.decision import (
     Context,
@@ -381,19 +382,8 @@ class PredictionService(BaseService):
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _db(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        assert self.db is not None
-        return await self.db.run(work)
-
     def _symbol(self, symbol: str, *, field: str = "symbol") -> str:
-        wanted = symbol.strip().upper()
-        for known in self.config.symbols:
-            if known.upper() == wanted:
-                return known
-        raise InvalidParams(
-            f"unknown symbol {symbol!r}; configured: {', '.join(self.config.symbols)} (prediction.symbols)",
-            field=field,
-        )
+        return configured_symbol(symbol, self.config.symbols, setting="prediction.symbols", field=field)
 
     # -- health ---------------------------------------------------------------------------
 

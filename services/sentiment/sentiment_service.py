@@ -29,6 +29,7 @@ from services.base.events import EventType
 from services.base.logs import RootLogRedaction
 from services.base.rpc import rpc_method
 from services.base.service import BaseService, Check, ServiceState
+from services.base.symbols import configured_symbol
 from services.sentiment.aggregate import Weighting, big4_view, per_article, summarize
 from services.sentiment.articles import AliasMatcher, Article
 from services.sentiment.config import SentimentConfig
@@ -438,14 +439,8 @@ class SentimentService(BaseService):
     # -- helpers --------------------------------------------------------------------------
 
     def _symbol(self, symbol: str, *, allow_market: bool = False) -> str:
-        wanted = symbol.strip().upper()
         allowed = self.config.scopes if allow_market else self.config.symbols
-        for known in allowed:
-            if known.upper() == wanted:
-                return known
-        raise InvalidParams(
-            f"unknown symbol {symbol!r}; configured: {', '.join(allowed)} (sentiment.symbols)", field="symbol"
-        )
+        return configured_symbol(symbol, allowed, setting="sentiment.symbols")
 
     def _volume_since(self) -> datetime:
         return self.clock.now() - timedelta(days=max(self.config.window_days, VOLUME_DAYS))

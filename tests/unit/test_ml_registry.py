@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 from pathlib import Path
@@ -27,7 +28,6 @@ from services.ml_model.registry import (
     check_model_name,
     check_scope,
     check_version,
-    file_sha256,
 )
 from tests.ml_fakes import Tripwire, signal_data
 
@@ -74,7 +74,7 @@ def replace_model_file(registry: ModelRegistry, version: str, content: bytes) ->
     """Put other bytes in the model file and make the card's hash match them."""
     path = version_dir(registry, version) / MODEL_FILE
     path.write_bytes(content)
-    rewrite_card(registry, version, sha256=file_sha256(path))
+    rewrite_card(registry, version, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def rejected_reason(registry: ModelRegistry, version: str | None) -> str:
@@ -147,7 +147,10 @@ def test_a_stray_file_named_like_the_next_version_does_not_make_save_spin(
 def test_the_card_records_the_file_hash_and_where_it_belongs(registry: ModelRegistry, fitted: Any) -> None:
     version = registry.save(SCOPE, NAME, fitted, make_card(trained_at="2024-05-01T00:00:00Z"))
     card = orjson.loads((version_dir(registry, version) / CARD_FILE).read_bytes())
-    assert card["sha256"] == file_sha256(version_dir(registry, version) / MODEL_FILE)
+    assert (
+        card["sha256"]
+        == hashlib.sha256((version_dir(registry, version) / MODEL_FILE).read_bytes()).hexdigest()
+    )
     assert len(card["sha256"]) == 64
     assert card["scope"] == SCOPE
     assert card["model"] == NAME

@@ -123,3 +123,18 @@ def test_without_prices_the_market_data_service_must_be_running(
     monkeypatch.setenv("TRADING_HOME", str(home))
     assert main(["--models", "ridge"]) == 1
     assert "tradingctl start market_data" in capsys.readouterr().err
+
+
+def test_tradingctl_train_runs_the_same_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.management.service_manager import main as tradingctl
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TRADING_HOME", str(home))
+    write_prices(tmp_path / "prices")
+    argv = ["train", "--prices", str(tmp_path / "prices"), "--symbols", "CBA.AX", "--models", "ridge",
+            "--folds", "2", "--no-pooled"]  # fmt: skip
+    assert tradingctl(argv) == 0
+    assert "CBA.AX   ridge" in capsys.readouterr().out
+    assert ModelRegistry(home / "models").active_version("CBA.AX", "ridge") == "v1"
