@@ -14,8 +14,10 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from services.base.clock import SimulatedClock
 from services.base.config import Settings, load_settings
 from services.base.errors import ConfigError, OperationalError
 from services.base.logs import configure_logging
@@ -26,6 +28,9 @@ log = logging.getLogger("services.runner")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+
+# Set (to an ISO time) by a replay: the service runs on a simulated clock starting there.
+REPLAY_START = "TRADING_REPLAY_START"
 
 
 def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
@@ -49,6 +54,11 @@ def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
 
 
 async def _serve(service_class: type[BaseService], settings: Settings, kwargs: dict[str, Any]) -> int:
+    start = os.environ.get(REPLAY_START)
+    if start and "clock" not in kwargs:
+        # A replay: every process on a simulated clock from the same start, moved by the driver
+        # (the replay.advance RPC), so the stack runs through history at its own pace.
+        kwargs = {**kwargs, "clock": SimulatedClock(datetime.fromisoformat(start))}
     service = service_class(settings, **kwargs)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,15 +13,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, TypedDict, TypeVar
 
 import psutil
 
-from services.base.clock import Clock, SystemClock, utc_iso
+from services.base.clock import Clock, SimulatedClock, SystemClock, utc_iso
 from services.base.config import Settings
 from services.base.db import Database
-from services.base.errors import OperationalError
+from services.base.errors import InvalidParams, OperationalError, Rejected
 from services.base.events import EventBus, EventType
 from services.base.metrics import Metrics
 from services.base.redis_server import redis_url
@@ -330,6 +331,38 @@ class BaseService:
         """Stop the service gracefully after answering: calls in flight get a bounded drain."""
         self.request_shutdown("shutdown RPC")
         return {"service": self.name, "stopping": True}
+
+    # -- replay: one simulated time for every process ----------------------------------------
+
+    @rpc_method(name="replay.status", idempotent=True)
+    async def replay_status(self) -> dict[str, Any]:
+        """On a simulated clock (a replay): its time, its next timer, and whether this process is
+        still at work (calls in flight besides this one, durable events not yet sent)."""
+        clock = self._simulated_clock()
+        deadline = clock.next_deadline()
+        return {
+            "service": self.name,
+            "now": utc_iso(clock.now()),
+            "next_deadline": utc_iso(deadline) if deadline else None,
+            "in_flight": max(0, self.rpc.in_flight - 1),
+            "outbox_pending": await self.bus.outbox_pending() if self._bus is not None and self.db else 0,
+        }
+
+    @rpc_method(name="replay.advance")
+    async def replay_advance(self, to: datetime) -> dict[str, Any]:
+        """On a simulated clock: move to ``to``, firing this process's timers on the way in order.
+        Time never goes back: an earlier ``to`` is -32602."""
+        clock = self._simulated_clock()
+        if to < clock.now():
+            raise InvalidParams(f"the clock is at {utc_iso(clock.now())}, after {utc_iso(to)}", field="to")
+        await clock.advance_to(to)
+        status: dict[str, Any] = await self.replay_status()
+        return status
+
+    def _simulated_clock(self) -> SimulatedClock:
+        if not isinstance(self.clock, SimulatedClock):
+            raise Rejected(f"{self.name} runs on the real clock, not a replay", reason="not_replaying")
+        return self.clock
 
     @rpc_method(name="rpc.discover", idempotent=True)
     def discover(self) -> dict[str, Any]:

@@ -1,0 +1,81 @@
+"""One simulated time for every process of a replay: the replay.status and replay.advance RPCs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.base.clock import SimulatedClock
+from services.base.config import TradingHome, load_settings
+from services.base.errors import InvalidParams, Rejected
+from services.base.redis_server import EmbeddedRedis
+from services.base.rpc.client import RpcClient
+from services.base.service import BaseService
+from tests.conftest import ServiceProcess
+
+START = datetime(2015, 3, 2, 22, 0, tzinfo=UTC)
+
+
+class Ticker(BaseService):
+    """Counts its own timer: wakes every 15 simulated minutes."""
+
+    name = "ticker"
+
+    async def _start(self) -> None:
+        self.ticks = 0
+        self.spawn(self._tick(), name="tick")
+
+    async def _tick(self) -> None:
+        while True:
+            await self.clock.sleep(900)
+            self.ticks += 1
+
+
+async def test_advance_fires_the_timers_on_the_way(home: TradingHome, redis: EmbeddedRedis) -> None:
+    service = Ticker(load_settings(home, env={"REDIS_URL": redis.url}), clock=SimulatedClock(START))
+    await service.start()
+    try:
+        async with RpcClient(home.socket_path("ticker"), timeout=10) as client:
+            status = await client.call("replay.status")
+            assert status["now"] == "2015-03-02T22:00:00.000000+00:00"
+            assert status["next_deadline"] == "2015-03-02T22:15:00.000000+00:00"
+            assert status["in_flight"] == 0
+            after = await client.call("replay.advance", {"to": (START + timedelta(hours=2)).isoformat()})
+            assert service.ticks == 8
+            assert after["now"] == "2015-03-03T00:00:00.000000+00:00"
+            assert after["next_deadline"] == "2015-03-03T00:15:00.000000+00:00"
+            with pytest.raises(InvalidParams) as caught:
+                await client.call("replay.advance", {"to": START.isoformat()})
+            assert caught.value.data["field"] == "to"
+    finally:
+        await service.stop()
+
+
+async def test_a_service_on_the_real_clock_refuses(home: TradingHome, redis: EmbeddedRedis) -> None:
+    service = Ticker(load_settings(home, env={"REDIS_URL": redis.url}))
+    await service.start()
+    try:
+        async with RpcClient(home.socket_path("ticker"), timeout=10) as client:
+            with pytest.raises(Rejected) as caught:
+                await client.call("replay.status")
+            assert caught.value.data["reason"] == "not_replaying"
+    finally:
+        await service.stop()
+
+
+async def test_a_process_started_for_a_replay_runs_on_its_clock(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    service = ServiceProcess(home, REDIS_URL=redis.url, TRADING_REPLAY_START=START.isoformat())
+    service.wait_ready()
+    try:
+        async with RpcClient(service.socket, timeout=10) as client:
+            status = await client.call("replay.status")
+            assert status["now"] == "2015-03-02T22:00:00.000000+00:00"
+            await client.call("replay.advance", {"to": "2015-03-03T06:00:00+00:00"})
+            await asyncio.sleep(0)
+            assert (await client.call("health"))["time"] == "2015-03-03T06:00:00.000000+00:00"
+    finally:
+        service.stop()
