@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.base.clock import SimulatedClock
+from services.base.clock import SimulatedClock, utc_iso
 from services.base.config import TradingHome, load_settings
 from services.base.errors import InvalidParams, Rejected
 from services.base.redis_server import EmbeddedRedis
+from services.base.rpc import rpc_method
 from services.base.rpc.client import RpcClient
 from services.base.service import BaseService
+from services.management.replay_driver import ReplayDriver
 from tests.conftest import ServiceProcess
 
 START = datetime(2015, 3, 2, 22, 0, tzinfo=UTC)
@@ -79,3 +81,74 @@ async def test_a_process_started_for_a_replay_runs_on_its_clock(
             assert (await client.call("health"))["time"] == "2015-03-03T06:00:00.000000+00:00"
     finally:
         service.stop()
+
+
+class Callee(BaseService):
+    name = "callee"
+
+    async def _start(self) -> None:
+        self.seen: list[str] = []
+
+    @rpc_method
+    async def work(self) -> str:
+        await self.clock.sleep(0)  # a call that takes a moment
+        self.seen.append(utc_iso(self.clock.now()))
+        return utc_iso(self.clock.now())
+
+
+class Caller(BaseService):
+    """Calls the callee at 23:30 UTC every day (10:30 in Sydney), like a scheduled task."""
+
+    name = "caller"
+
+    async def _start(self) -> None:
+        self.answers: list[str] = []
+        self.callee = RpcClient(self.home.socket_path("callee"), timeout=10)
+        self.spawn(self._daily(), name="daily")
+
+    async def _stop(self) -> None:
+        await self.callee.close()
+
+    async def _daily(self) -> None:
+        while True:
+            now = self.clock.now()
+            fire = now.replace(hour=23, minute=30, second=0, microsecond=0)
+            if fire <= now:
+                fire += timedelta(days=1)
+            await self.clock.sleep_until(fire)
+            self.answers.append(await self.callee.call("work"))
+
+
+async def test_the_driver_moves_processes_together_through_their_timers(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    callee = Callee(settings, clock=SimulatedClock(START))
+    ticker = Ticker(settings, clock=SimulatedClock(START))
+    caller = Caller(settings, clock=SimulatedClock(START))
+    for service in (callee, ticker, caller):
+        await service.start()
+    clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "ticker", "caller")}
+    try:
+        driver = ReplayDriver(clients)
+        await driver.run(START + timedelta(days=3))
+        # Three calls, each answered at the callee's own time, which is the caller's fire time.
+        assert (
+            caller.answers
+            == callee.seen
+            == [
+                "2015-03-02T23:30:00.000000+00:00",
+                "2015-03-03T23:30:00.000000+00:00",
+                "2015-03-04T23:30:00.000000+00:00",
+            ]
+        )
+        assert ticker.ticks == 3 * 24 * 4
+        assert {s["now"] for s in (await driver.statuses()).values()} == {"2015-03-05T22:00:00.000000+00:00"}
+        # Every deadline of any process is a step (the caller's fall on the ticker's quarter hours),
+        # so no process runs ahead of one it asks: 288 steps for three days.
+        assert driver.figures.steps == 3 * 24 * 4
+    finally:
+        for client in clients.values():
+            await client.close()
+        for service in (caller, ticker, callee):
+            await service.stop()
