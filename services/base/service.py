@@ -27,6 +27,7 @@ from services.base.events import EventBus, EventType
 from services.base.metrics import Metrics
 from services.base.redis_server import redis_url
 from services.base.rpc import protocol
+from services.base.rpc.client import RpcClient
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import PeerUid, RpcServer
 
@@ -344,7 +345,8 @@ class BaseService:
             "service": self.name,
             "now": utc_iso(clock.now()),
             "next_deadline": utc_iso(deadline) if deadline else None,
-            "in_flight": max(0, self.rpc.in_flight - 1),
+            # Calls being served (besides this one) and calls made and not yet answered.
+            "in_flight": max(0, self.rpc.in_flight - 1) + RpcClient.outgoing,
             "outbox_pending": await self.bus.outbox_pending() if self._bus is not None and self.db else 0,
         }
 
