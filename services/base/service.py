@@ -348,7 +348,13 @@ class BaseService:
             # Calls being served (besides this one) and calls made and not yet answered.
             "in_flight": max(0, self.rpc.in_flight - 1) + RpcClient.outgoing,
             "outbox_pending": await self.bus.outbox_pending() if self._bus is not None and self.db else 0,
+            "busy": self.replay_busy(),
         }
+
+    def replay_busy(self) -> bool:
+        """Work under way that is neither a call nor a timer (e.g. a scheduled task between its
+        timer and its call). A replay steps only when every process says False. Override."""
+        return False
 
     @rpc_method(name="replay.advance")
     async def replay_advance(self, to: datetime) -> dict[str, Any]:

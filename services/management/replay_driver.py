@@ -58,7 +58,9 @@ class ReplayDriver:
         calm = 0
         while True:
             statuses = await self.statuses()
-            busy = [name for name, s in statuses.items() if s["in_flight"] or s["outbox_pending"]]
+            busy = [
+                name for name, s in statuses.items() if s["in_flight"] or s["outbox_pending"] or s.get("busy")
+            ]
             waiting = await self.backlog() if self.backlog is not None else 0
             calm = calm + 1 if not busy and not waiting else 0
             if calm >= QUIET_POLLS:

@@ -227,6 +227,9 @@ class SchedulerService(BaseService):
             and running == waiting
         )
 
+    def replay_busy(self) -> bool:
+        return not self.idle
+
     async def _fire_due(self, entry: Entry, now: datetime, *, trigger: str) -> None:
         """Handle the fire times of ``entry`` up to ``now``: run the latest if on time, record misses.
 
