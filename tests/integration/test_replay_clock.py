@@ -15,6 +15,7 @@ from services.base.rpc import rpc_method
 from services.base.rpc.client import RpcClient
 from services.base.service import BaseService
 from services.management.replay_driver import ReplayDriver
+from services.scheduler.scheduler_service import SchedulerService
 from tests.conftest import ServiceProcess
 
 START = datetime(2015, 3, 2, 22, 0, tzinfo=UTC)
@@ -152,3 +153,28 @@ async def test_the_driver_moves_processes_together_through_their_timers(
             await client.close()
         for service in (caller, ticker, callee):
             await service.stop()
+
+
+async def test_the_scheduler_fires_its_tasks_at_their_times_through_a_replay(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    home.config_file.write_text(
+        "[scheduler]\ndefault_tasks = false\n"
+        '[scheduler.tasks.work]\nservice = "callee"\nmethod = "work"\nschedule = { at = "10:30" }\n'
+    )
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    monday = datetime(2015, 3, 1, 22, 0, tzinfo=UTC)  # Monday 09:00 in Sydney
+    callee = Callee(settings, clock=SimulatedClock(monday))
+    scheduler = SchedulerService(settings, clock=SimulatedClock(monday))
+    await callee.start()
+    await scheduler.start()
+    clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "scheduler")}
+    try:
+        await ReplayDriver(clients).run(monday + timedelta(days=7))
+        # 10:30 in Sydney (AEDT, UTC+11) on the five sessions of the week.
+        assert callee.seen == [f"2015-03-0{d}T23:30:00.000000+00:00" for d in (1, 2, 3, 4, 5)]
+    finally:
+        for client in clients.values():
+            await client.close()
+        await scheduler.stop()
+        await callee.stop()
