@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from services.base.clock import SimulatedClock
@@ -29,14 +30,20 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
-# Set (to an ISO time) by a replay: the service runs on a simulated clock starting there.
-REPLAY_START = "TRADING_REPLAY_START"
+# Set by a replay: the path of a file holding the replay's current time (ISO). The service runs on
+# a simulated clock starting there, so one restarted mid-replay joins at the replay's time.
+REPLAY_CLOCK = "TRADING_REPLAY_CLOCK"
 
 
 def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
     try:
         settings = load_settings()
         settings.home.create()
+        clock_file = os.environ.get(REPLAY_CLOCK)
+        if clock_file and "clock" not in service_kwargs:
+            # A replay: every process on a simulated clock, moved by the driver (the replay.advance
+            # RPC), so the stack runs through history at its own pace.
+            service_kwargs = {**service_kwargs, "clock": SimulatedClock(replay_time(Path(clock_file)))}
     except ConfigError as exc:
         print(f"{service_class.name}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -53,12 +60,14 @@ def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
         return runner.run(_serve(service_class, settings, service_kwargs))
 
 
+def replay_time(clock_file: Path) -> datetime:
+    try:
+        return datetime.fromisoformat(clock_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{REPLAY_CLOCK}: cannot read the replay's time from {clock_file}: {exc}") from exc
+
+
 async def _serve(service_class: type[BaseService], settings: Settings, kwargs: dict[str, Any]) -> int:
-    start = os.environ.get(REPLAY_START)
-    if start and "clock" not in kwargs:
-        # A replay: every process on a simulated clock from the same start, moved by the driver
-        # (the replay.advance RPC), so the stack runs through history at its own pace.
-        kwargs = {**kwargs, "clock": SimulatedClock(datetime.fromisoformat(start))}
     service = service_class(settings, **kwargs)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

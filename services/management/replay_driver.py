@@ -6,18 +6,26 @@ every process to it, callees first. Every deadline of every process is a step: a
 fired a later timer first could ask another (market data) about a time that has not come, a
 look-ahead. So a replay's cost is the number of distinct deadlines: services on a replay clock
 should keep their periodic timers coarse.
+
+A process may die mid-replay (a crash, or a test killing it): the driver waits for the
+supervisor to bring it back, up to ``restart_timeout_s``. A restarted process reads the replay's
+time from ``clock_file`` (written before every step), and one still behind is moved up to the
+others before the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from services.base.errors import CallTimeout
+from services.base.clock import utc_iso
+from services.base.errors import CallTimeout, TemporaryError
 from services.base.rpc import RpcClient
 
 QUIET_POLLS = 2  # quiet this many polls in a row: work that hands on to another process has landed
@@ -28,6 +36,8 @@ POLL_S = 0.005
 class StepFigures:
     steps: int = 0
     waits: int = 0
+    # Calls that failed because a process was down, each waited out until it was back.
+    outages: int = 0
     wall_s: float = 0.0
 
 
@@ -37,20 +47,49 @@ class ReplayDriver:
         clients: Mapping[str, RpcClient],
         *,
         backlog: Callable[[], Awaitable[int]] | None = None,
+        clock_file: Path | None = None,
         quiet_timeout_s: float = 120.0,
+        restart_timeout_s: float = 120.0,
     ) -> None:
         """``clients``: one per process on the replay clock, callees before callers (e.g.
         market_data ... scheduler). ``backlog``: signals on the stream not yet applied (unread plus
-        unacknowledged), when there is a stream to watch."""
+        unacknowledged), when there is a stream to watch; it may raise ``TemporaryError`` or
+        ``OSError`` while its store is away. ``clock_file``: where restarted processes read the
+        replay's time."""
         self.clients = dict(clients)
         self.backlog = backlog
+        self.clock_file = clock_file
         self.quiet_timeout_s = quiet_timeout_s
+        self.restart_timeout_s = restart_timeout_s
         self.figures = StepFigures()
+        self.now: datetime | None = None  # where the last step took every process
+
+    async def ask(self, name: str, method: str, params: dict[str, Any] | None = None) -> Any:
+        """One call to a process, waiting out its restart if it is down."""
+        deadline = time.monotonic() + self.restart_timeout_s
+        while True:
+            try:
+                return await self.clients[name].call(method, params)
+            except (TemporaryError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise CallTimeout(
+                        f"{name} did not come back within {self.restart_timeout_s:g}s: {exc}"
+                    ) from exc
+                self.figures.outages += 1
+                await asyncio.sleep(0.05)
 
     async def statuses(self) -> dict[str, dict[str, Any]]:
         names = list(self.clients)
-        answers = await asyncio.gather(*(self.clients[n].call("replay.status") for n in names))
+        answers = await asyncio.gather(*(self.ask(n, "replay.status") for n in names))
         return dict(zip(names, answers, strict=True))
+
+    async def _backlog(self) -> int:
+        if self.backlog is None:
+            return 0
+        try:
+            return await self.backlog()
+        except (TemporaryError, OSError):
+            return -1  # unknown while the stream's store is away: not quiet
 
     async def quiet(self) -> dict[str, dict[str, Any]]:
         """Wait until nothing is in flight anywhere for ``QUIET_POLLS`` polls; the last statuses."""
@@ -58,10 +97,16 @@ class ReplayDriver:
         calm = 0
         while True:
             statuses = await self.statuses()
+            behind = [name for name, s in statuses.items() if self.now and _time(s["now"]) < self.now]
+            if behind:  # restarted from an older time: bring it up to the others first
+                for name in behind:
+                    await self.ask(name, "replay.advance", {"to": utc_iso(self.now)})
+                calm = 0
+                continue
             busy = [
                 name for name, s in statuses.items() if s["in_flight"] or s["outbox_pending"] or s.get("busy")
             ]
-            waiting = await self.backlog() if self.backlog is not None else 0
+            waiting = await self._backlog()
             calm = calm + 1 if not busy and not waiting else 0
             if calm >= QUIET_POLLS:
                 return statuses
@@ -77,9 +122,7 @@ class ReplayDriver:
         """Advance every process to the earliest timer at or before ``until``; the time reached,
         or None when no timer is left before ``until``."""
         statuses = await self.quiet()
-        deadlines = [
-            datetime.fromisoformat(s["next_deadline"]) for s in statuses.values() if s["next_deadline"]
-        ]
+        deadlines = [_time(s["next_deadline"]) for s in statuses.values() if s["next_deadline"]]
         target = min((d for d in deadlines if d <= until), default=None)
         if target is None:
             return None
@@ -90,8 +133,11 @@ class ReplayDriver:
     async def advance_all(self, target: datetime) -> None:
         """One process after another, in the order given: those others call (the data services)
         first, so a timer that calls another process finds it already at the new time."""
-        for client in self.clients.values():
-            await client.call("replay.advance", {"to": target.isoformat()})
+        if self.clock_file is not None:
+            _write_atomically(self.clock_file, utc_iso(target))
+        self.now = target
+        for name in self.clients:
+            await self.ask(name, "replay.advance", {"to": utc_iso(target)})
 
     async def run(
         self, until: datetime, *, on_step: Callable[[datetime], Awaitable[None]] | None = None
@@ -105,3 +151,14 @@ class ReplayDriver:
         await self.advance_all(until)
         await self.quiet()
         self.figures.wall_s += time.monotonic() - started
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A process starting now reads the old time or the new, never half of one."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -15,12 +15,15 @@ missing; without a market context the sideways thresholds apply, also marked deg
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -240,7 +243,7 @@ class PredictionService(BaseService):
             return {**cached.payload, "cached": True}
         decision = decide(inputs, context, self.config)
         payload = self._payload(symbol, batch_id, price, price_time, inputs, context, decision)
-        await self._store(payload)
+        await self._store(payload, signal_id(symbol, key, decision, price_time))
         self._cache[symbol] = Cached(key, time.monotonic(), payload)
         return payload
 
@@ -305,16 +308,25 @@ class PredictionService(BaseService):
             "batch_id": batch_id,
             "ts": utc_iso(self.clock.now()),
             "cached": False,
+            "repeat": False,
         }
 
-    async def _store(self, payload: dict[str, Any]) -> None:
-        """The prediction and its signal's outbox row in one transaction, then the broadcast."""
+    async def _store(self, payload: dict[str, Any], event_id: str) -> None:
+        """The prediction and its signal's outbox row in one transaction, then the broadcast.
+
+        The same decision on the same inputs was made before (a retry after a crash, or a second
+        run before new prices) when its signal id is already stored: then nothing is stored or
+        sent again, and ``payload`` says ``repeat``."""
         fields = ("symbol", "signal", "confidence", "price", "price_time", "degraded", "batch_id", "ts")
         signal = self.bus.event(EventType.TRADE_SIGNAL, {key: payload[key] for key in fields})
+        signal = dataclasses.replace(signal, id=event_id)
         payload["event_id"] = signal.id
 
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn: sqlite3.Connection) -> tuple[int, bool]:
             with transaction(conn):
+                row = conn.execute("SELECT id FROM predictions WHERE event_id = ?", (signal.id,)).fetchone()
+                if row is not None:
+                    return int(row[0]), False
                 cursor = conn.execute(
                     "INSERT INTO predictions (batch_id, symbol, signal, confidence, combined, regime, price, "
                     "price_time, degraded, created_at, event_id, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -323,9 +335,13 @@ class PredictionService(BaseService):
                      int(payload["degraded"]), payload["ts"], signal.id, orjson.dumps(payload)),
                 )  # fmt: skip
                 Outbox.add(conn, SIGNALS_STREAM, signal)
-                return int(cursor.lastrowid or 0)
+                return int(cursor.lastrowid or 0), True
 
-        payload["id"] = await self._db(write)
+        payload["id"], new = await self._db(write)
+        if not new:
+            payload["repeat"] = True
+            self.stats.incr("signals.repeated")
+            return
         self._prediction_count += 1
         self.stats.incr(f"signals.{payload['signal'].lower()}")
         self.bus.wake_relay()
@@ -432,3 +448,12 @@ def _read(name: str, answer: Any, convert: Callable[[Any], Input]) -> Input:
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, TradingError) else f"{type(exc).__name__}: {exc}"
+
+
+def signal_id(symbol: str, inputs_key: tuple[Any, ...], decision: Decision, price_time: str) -> str:
+    """The signal's event id, derived from what it was decided on: the same decision on the same
+    inputs gets the same id, so a retried prediction is recognised and not sent twice. Sortable
+    like other event ids, by the time of the price it used."""
+    decided = orjson.dumps([symbol, inputs_key, decision.signal, round(decision.confidence, 6)])
+    millis = int(datetime.fromisoformat(price_time).timestamp() * 1000)
+    return f"{millis:012x}{hashlib.sha256(decided).hexdigest()[:20]}"

@@ -30,4 +30,9 @@ MIGRATIONS = [
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        2,
+        "signal ids are derived from the decision's inputs: look them up",
+        "CREATE UNIQUE INDEX predictions_event ON predictions (event_id);",
+    ),
 ]

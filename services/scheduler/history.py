@@ -151,9 +151,11 @@ class RunStore:
             run.id, run.trigger, run.scheduled_for, run.started_at, stamp, "interrupted", reason
         )
 
-    async def start_run(self, task_id: str, *, trigger: str, at: datetime) -> RunSummary:
+    async def start_run(
+        self, task_id: str, *, trigger: str, at: datetime, scheduled_for: datetime | None = None
+    ) -> RunSummary:
         """Insert a run starting now, outside the schedule (``execute_task``)."""
-        values = (trigger, None, utc_iso(at), None, "running", None)
+        values = (trigger, _iso(scheduled_for), utc_iso(at), None, "running", None)
 
         def write(conn: sqlite3.Connection) -> int:
             with transaction(conn):

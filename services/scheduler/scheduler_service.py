@@ -176,6 +176,9 @@ class SchedulerService(BaseService):
             await asyncio.sleep(0.01)
         for task_id, run in interrupted:
             await self._publish_outcome(task_id, run)
+        for entry in list(self.entries.values()):
+            if entry.last_run is not None and entry.last_run.outcome == "interrupted":
+                await self._resume(entry.task.id, entry.last_run)
         await self._catch_up(planned)
         while True:
             self._changed.clear()
@@ -198,6 +201,29 @@ class SchedulerService(BaseService):
                 await self._fire_due(entry, now, trigger="misfire")
             else:
                 await self._plan(entry, now)
+
+    async def _resume(self, task_id: str, cut_short: RunSummary) -> None:
+        """Run again a scheduled run that the scheduler's last stop cut short, while its fire time
+        is within the task's misfire grace: tasks are idempotent, and without this a crash at 09:30
+        would lose that morning's predictions."""
+        entry = self.entries.get(task_id)
+        if entry is None or cut_short.scheduled_for is None:
+            return
+        now = self.clock.now()
+        fired = datetime.fromisoformat(cut_short.scheduled_for)
+        if (now - fired).total_seconds() > entry.task.misfire_grace_s:
+            return
+        claim = self._claim(task_id)
+        if claim is None:
+            return
+        try:
+            run = await self.store.start_run(task_id, trigger="resume", at=now, scheduled_for=fired)
+        except BaseException:
+            claim.set_result(None)
+            raise
+        log.warning("task %s: running again the run of %s that the last stop cut short", task_id, utc_iso(fired))
+        entry.last_run = run
+        self._start_run(entry.task, run, claim, force=False)
 
     async def _wait(self, until: datetime | None) -> None:
         """Sleep on the clock until ``until``, or until the task set changes."""

@@ -180,13 +180,17 @@ async def test_the_cache_is_keyed_on_the_inputs_and_force_refresh_bypasses_it(cl
     again = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
     assert again["cached"] is True
     assert again["id"] == first["id"]
+    # Recomputed, but the same decision on the same inputs: recognised, not stored or sent again.
     forced = await client.call("generate_single_prediction", {"symbol": "CBA.AX", "force_refresh": True})
-    assert forced["id"] != first["id"]
+    assert forced["cached"] is False and forced["repeat"] is True
+    assert (forced["id"], forced["event_id"]) == (first["id"], first["event_id"])
+    assert (await client.call("health"))["prediction_count"] == 1
     # A new bar is a new input: no cache.
     set_market(BULLISH_TECHNICALS, price_time="2026-11-20")
     newer = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
     assert newer["cached"] is False
     assert newer["inputs_at"]["technical"] == "2026-11-20"
+    assert newer["repeat"] is False and newer["event_id"] != first["event_id"]
     assert (await client.call("clear_cache")) == {"cleared": 1}
     metrics = await client.call("metrics")
     assert metrics["counters"]["cache.hits"] == 1
@@ -284,7 +288,7 @@ async def test_the_buy_rate_alert_fires_once_per_crossing(client: RpcClient, red
         rate = await client.call("get_buy_rate")
         assert rate == rate | {"latest": 0.0, "rolling": 0.0, "alert_active": False, "threshold": 0.7}
 
-        set_market(BULLISH_TECHNICALS)
+        set_market(BULLISH_TECHNICALS, price_time="2026-11-20")  # a new day's prices
         set_views(0.6, 0.7)
         await client.call("generate_predictions", {"force_refresh": True})  # crosses again: a second alert
         await drain()
@@ -387,6 +391,7 @@ async def test_the_alert_state_survives_a_restart_and_waits_for_redis(
         rate = restarted.get_buy_rate()
         assert rate["alert_active"] is True
         assert rate["rolling"] == 1.0
-        assert restarted.health_figures()["prediction_count"] == 8
+        # The second batch repeated the first's decisions on the same inputs: not stored again.
+        assert restarted.health_figures()["prediction_count"] == 4
     finally:
         await restarted.stop()

@@ -71,7 +71,9 @@ async def test_a_service_on_the_real_clock_refuses(home: TradingHome, redis: Emb
 async def test_a_process_started_for_a_replay_runs_on_its_clock(
     home: TradingHome, redis: EmbeddedRedis
 ) -> None:
-    service = ServiceProcess(home, REDIS_URL=redis.url, TRADING_REPLAY_START=START.isoformat())
+    clock_file = home.root / "replay-clock"
+    clock_file.write_text(START.isoformat())
+    service = ServiceProcess(home, REDIS_URL=redis.url, TRADING_REPLAY_CLOCK=str(clock_file))
     service.wait_ready()
     try:
         async with RpcClient(service.socket, timeout=10) as client:

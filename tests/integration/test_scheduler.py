@@ -391,6 +391,29 @@ async def test_run_cut_short_by_a_stop_is_recorded_as_interrupted(harness: Harne
         ).fetchone()
     assert (outcome, error) == ("interrupted", "the scheduler stopped during this run")
 
+    # Restarted within the task's misfire grace: the cut-short run is run again, once.
+    harness.calls.clear()
+    await harness.clock.advance_to(local(date(2026, 12, 21), "09:47"))
+    await harness.start_scheduler()
+    await harness.settle()
+    assert harness.calls == [("2026-12-21 09:47 AEDT", "market_data.refresh_all_data")]
+    async with harness.client() as client:
+        runs = (await client.call("get_task_history", {"task_id": "morning_market_data"}))["runs"]
+    assert [(r["trigger"], r["outcome"]) for r in runs] == [("resume", "succeeded"), ("schedule", "interrupted")]
+    assert runs[0]["scheduled_for"] == "2026-12-20T22:45:00.000000+00:00"
+
+
+async def test_a_run_cut_short_long_ago_is_not_run_again(harness: Harness) -> None:
+    harness.plans["market_data.refresh_all_data"] = ["fail"]
+    await harness.start_scheduler()
+    await harness.run_until(local(date(2026, 12, 21), "09:45:10"))
+    await harness.stop_scheduler()
+    harness.calls.clear()
+    await harness.clock.advance_to(local(date(2026, 12, 21), "09:56"))  # past the 10-minute grace
+    await harness.start_scheduler()
+    await harness.settle()
+    assert ("2026-12-21 09:56 AEDT", "market_data.refresh_all_data") not in harness.calls
+
 
 async def test_target_down_or_missing_method_fails_with_the_reason(harness: Harness) -> None:
     await harness.stop_target("paper_trading")
