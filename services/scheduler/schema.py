@@ -20,7 +20,8 @@ MIGRATIONS = [
             updated_at TEXT NOT NULL
         ) WITHOUT ROWID;
 
-        -- One row per firing of a task. trigger: schedule, misfire, manual, resume (again after a stop cut it short).
+        -- One row per firing of a task. trigger: schedule, misfire, manual,
+        -- resume (run again after a stop cut the run short).
         -- outcome: running, succeeded, failed, blocked (a dependency had not succeeded),
         -- skipped (the previous run was still going), missed, interrupted (the scheduler stopped).
         CREATE TABLE runs (

@@ -182,7 +182,8 @@ async def test_the_cache_is_keyed_on_the_inputs_and_force_refresh_bypasses_it(cl
     assert again["id"] == first["id"]
     # Recomputed, but the same decision on the same inputs: recognised, not stored or sent again.
     forced = await client.call("generate_single_prediction", {"symbol": "CBA.AX", "force_refresh": True})
-    assert forced["cached"] is False and forced["repeat"] is True
+    assert forced["cached"] is False
+    assert forced["repeat"] is True
     assert (forced["id"], forced["event_id"]) == (first["id"], first["event_id"])
     assert (await client.call("health"))["prediction_count"] == 1
     # A new bar is a new input: no cache.
@@ -190,7 +191,8 @@ async def test_the_cache_is_keyed_on_the_inputs_and_force_refresh_bypasses_it(cl
     newer = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
     assert newer["cached"] is False
     assert newer["inputs_at"]["technical"] == "2026-11-20"
-    assert newer["repeat"] is False and newer["event_id"] != first["event_id"]
+    assert newer["repeat"] is False
+    assert newer["event_id"] != first["event_id"]
     assert (await client.call("clear_cache")) == {"cleared": 1}
     metrics = await client.call("metrics")
     assert metrics["counters"]["cache.hits"] == 1

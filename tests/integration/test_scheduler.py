@@ -399,7 +399,8 @@ async def test_run_cut_short_by_a_stop_is_recorded_as_interrupted(harness: Harne
     assert harness.calls == [("2026-12-21 09:47 AEDT", "market_data.refresh_all_data")]
     async with harness.client() as client:
         runs = (await client.call("get_task_history", {"task_id": "morning_market_data"}))["runs"]
-    assert [(r["trigger"], r["outcome"]) for r in runs] == [("resume", "succeeded"), ("schedule", "interrupted")]
+    outcomes = [(r["trigger"], r["outcome"]) for r in runs]
+    assert outcomes == [("resume", "succeeded"), ("schedule", "interrupted")]
     assert runs[0]["scheduled_for"] == "2026-12-20T22:45:00.000000+00:00"
 
 
