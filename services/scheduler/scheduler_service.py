@@ -221,7 +221,7 @@ class SchedulerService(BaseService):
         except BaseException:
             claim.set_result(None)
             raise
-        log.warning("task %s: running again its run of %s, cut short by the last stop", task_id, utc_iso(fired))
+        log.warning("task %s: again its run of %s, cut short by the last stop", task_id, utc_iso(fired))
         entry.last_run = run
         self._start_run(entry.task, run, claim, force=False)
 
