@@ -97,10 +97,11 @@ class ReplayDriver:
         calm = 0
         while True:
             statuses = await self.statuses()
-            behind = [name for name, s in statuses.items() if self.now and _time(s["now"]) < self.now]
-            if behind:  # restarted from an older time: bring it up to the others first
+            current = self.now
+            behind = [name for name, s in statuses.items() if current and _time(s["now"]) < current]
+            if current and behind:  # restarted from an older time: bring it up to the others first
                 for name in behind:
-                    await self.ask(name, "replay.advance", {"to": utc_iso(self.now)})
+                    await self.ask(name, "replay.advance", {"to": utc_iso(current)})
                 calm = 0
                 continue
             busy = [

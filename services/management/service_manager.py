@@ -14,13 +14,16 @@ if __name__ == "__main__" and not __package__:  # run as a script from a checkou
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import os
 import shutil
 import signal
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any
 
 import orjson
@@ -29,6 +32,7 @@ import psutil
 from services.base.config import Settings, TradingHome, load_settings
 from services.base.errors import ConfigError, TradingError
 from services.base.rpc import RpcClient
+from services.base.runner import REPLAY_CLOCK
 from services.management import logview, systemd
 from services.management.catalog import ManagerConfig
 from services.management.manager_service import (
@@ -42,6 +46,7 @@ from services.management.processes import PROJECT_ROOT, SMALL_DAEMON_ENV, OsProc
 from services.management.states import ProcessState
 from services.management.wire import StackStatus, StartResult
 from services.ml_model.arguments import add_arguments as add_training_arguments
+from services.ml_model.config import MODEL_KINDS
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -137,11 +142,13 @@ def unknown_services(settings: Settings, names: Sequence[str]) -> str | None:
     return unknown_services_message(catalog, names)
 
 
-def _launch_manager(home: TradingHome, services: list[str] | None) -> int:
+def _launch_manager(
+    home: TradingHome, services: list[str] | None, extra_env: dict[str, str] | None = None
+) -> int:
     """Start the manager detached from this terminal and wait until its socket answers."""
     home.create()
     output = home.logs / "manager.out"
-    env = dict(SMALL_DAEMON_ENV) | dict(os.environ, TRADING_HOME=str(home.root))
+    env = dict(SMALL_DAEMON_ENV) | dict(os.environ, TRADING_HOME=str(home.root)) | (extra_env or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "services.management", "start", "--daemon", *(services or [])]
     with output.open("ab") as out:
@@ -320,6 +327,65 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     return train(settings, args)
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from services.management import replay
+
+    plan = replay_plan(settings, args)
+    replay_settings = replay.prepare_home(plan)
+    home = plan.home
+    print(f"replay {plan.start} to {plan.end} of {', '.join(plan.symbols)} in {home.root}", flush=True)
+    env = {REPLAY_CLOCK: str(plan.clock_file)}
+    if _launch_manager(home, None, env) != EXIT_OK:
+        return EXIT_FAILED
+    try:
+        result: StartResult = manager(home, "start", {"services": None, "boot": True}, timeout=LONG_CALL_S)
+        if not result["ok"]:
+            for name, why in result["failed"].items():
+                print(f"FAILED {name}: {why}", file=sys.stderr)
+            return EXIT_FAILED
+        figures = asyncio.run(replay.drive(plan, replay_settings, progress=_say))
+        return _replay_report(plan, figures)
+    finally:
+        manager(home, "stop", {"services": None}, timeout=LONG_CALL_S)
+
+
+def replay_plan(settings: Settings, args: argparse.Namespace) -> Any:
+    from services.management.replay import DEFAULT_SYMBOLS, ReplayPlan
+
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    root = args.home or settings.home.root / "replays" / f"{args.start}_{args.end}-{stamp}"
+    overrides = tomllib.loads(args.config.read_text()) if args.config else {}
+    return ReplayPlan(
+        start=args.start, end=args.end, prices=args.prices.absolute(),
+        home=TradingHome(root.absolute()), symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
+        speed=None if args.speed == "max" else float(args.speed), models=tuple(args.models),
+        overrides=overrides, synthetic=args.synthetic,
+    )  # fmt: skip
+
+
+def _replay_report(plan: Any, figures: Any) -> int:
+    from services.management.replay_report import build_report, reconciled, write_report
+
+    home = plan.home
+    health = manager(home, "stack_health", {"service": None})
+    report = build_report(
+        plan,
+        figures=dataclasses.asdict(figures),
+        portfolio=call(home, "paper_trading", "get_portfolio_status"),
+        performance=call(home, "paper_trading", "get_trading_performance", {"period": "all"}),
+        health=health,
+    )
+    directory = write_report(plan, report)
+    print((directory / "report.md").read_text())
+    print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
+    fine = all(entry["status"] in ("ok", "degraded") for entry in health)
+    return EXIT_OK if fine and reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_install_systemd(settings: Settings, args: argparse.Namespace) -> int:
     tradingctl = shutil.which("tradingctl") or str(Path(sys.executable).with_name("tradingctl"))
     text = systemd.unit_text(
@@ -425,11 +491,35 @@ def build_parser() -> argparse.ArgumentParser:
     call_.add_argument("--timeout", type=float, default=30.0)
     train = command("train", cmd_train, "train, evaluate walk-forward and register the ML models")
     add_training_arguments(train)
+    replay = command("replay", cmd_replay, "run the whole stack through history on a simulated clock; "
+                     "a back-test report at the end")  # fmt: skip
+    replay.add_argument("--from", dest="start", type=date.fromisoformat, required=True, metavar="DATE")
+    replay.add_argument("--to", dest="end", type=date.fromisoformat, required=True, metavar="DATE")
+    replay.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="default: the Big 4")
+    replay.add_argument("--speed", default="max", type=_speed,
+                        help="simulated seconds per real second, or 'max' (the default)")  # fmt: skip
+    replay.add_argument("--prices", type=Path, default=PROJECT_ROOT.parent / "shared" / "data" / "prices",
+                        metavar="DIR", help="<SYMBOL>.csv files, ^AXJO.csv included")  # fmt: skip
+    replay.add_argument("--home", type=Path, help="the replay's own TRADING_HOME (default: "
+                        "TRADING_HOME/replays/<from>_<to>-<time>)")  # fmt: skip
+    replay.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
+    replay.add_argument("--config", type=Path, help="a TOML file of config tables merged over the replay's")
+    replay.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
     command("backup", cmd_backup, "copy every service database into backups/YYYY-MM-DD (14 days kept)")
     install = command("install-systemd", cmd_install_systemd, "write a systemd unit for this machine")
     install.add_argument("--user", action="store_true", help="a user unit (no root needed)")
     install.add_argument("--print", action="store_true", help="print the unit instead of writing it")
     return parser
+
+
+def _speed(text: str) -> str:
+    if text != "max":
+        try:
+            if float(text) <= 0:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: a number above 0, or 'max'") from None
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -93,7 +93,7 @@ class MlModelService(BaseService):
         self._market_data = RpcClient(
             self.home.socket_path("market_data"),
             timeout=self.config.market_data_timeout_s,
-            connect_attempts=1,
+            connect_attempts=self.settings.rpc.connect_attempts,
         )
         await self._reload(publish=False)
         log.info(
@@ -283,7 +283,8 @@ class MlModelService(BaseService):
             "horizon_days": self.config.horizon,
         }
 
-    @rpc_method
+    # Idempotent: its tracking row is one per symbol, model and session (a resend only counts).
+    @rpc_method(idempotent=True)
     async def get_ensemble_prediction(
         self, features: dict[str, Any] | None = None, symbol: str | None = None, as_of: date | None = None
     ) -> dict[str, Any]:

@@ -1,0 +1,258 @@
+"""``tradingctl replay``: the whole stack through history on one simulated clock.
+
+A replay runs in a ``TRADING_HOME`` of its own, with config written for it:
+
+- market data's ``replay`` source over the price directory: a bar's open shows from its
+  session's open, the rest from its close, so nothing is seen before it happened;
+- no news sources (historical news is not available here), so predictions say they are degraded;
+- models trained on the bars before ``--from`` only (no look-ahead);
+- the intraday tasks off: the replay source has daily bars, so nothing changes within a session
+  but the open, which the morning tasks already see;
+- coarse periodic timers (model reload and scoring daily, paper trading's watch hourly), since
+  every distinct timer is a step of the whole stack;
+- callers wait out a restarting dependency (``rpc.connect_attempts``) instead of degrading, so a
+  crashed and restarted service does not change a decision.
+
+The manager starts every service as it would live, each on a simulated clock read from
+``run/replay-clock``; the ``ReplayDriver`` moves them through time together. Prediction and paper
+trading run their normal code: signals travel over the Redis stream, fills use the prices market
+data shows at that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from services.asx.calendar import SYDNEY
+from services.base.clock import utc_iso
+from services.base.config import Settings, TradingHome, load_settings
+from services.base.errors import ConfigError
+from services.base.events import SIGNALS_STREAM
+from services.base.redis_server import redis_url
+from services.base.rpc import RpcClient
+from services.management.replay_driver import ReplayDriver
+
+# Callees before callers: the driver advances them in this order.
+DRIVEN = ("market_data", "sentiment", "ml_model", "prediction", "paper_trading", "scheduler")
+CLOCK_FILE = "replay-clock"
+# A file in a home whose prices are generated: every output of that home says SYNTHETIC.
+SYNTHETIC_MARKER = "SYNTHETIC"
+PAPER_GROUP = "paper_trading"
+INDEX = "^AXJO"
+DEFAULT_SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    start: date
+    end: date  # inclusive: the replay runs to the end of this day
+    prices: Path
+    home: TradingHome
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    # Simulated seconds per real second; None: as fast as the stack goes.
+    speed: float | None = None
+    models: tuple[str, ...] = ("logistic",)
+    # Extra config tables, merged over the replay's own (e.g. [manager] restart settings).
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    synthetic: bool = False
+
+    @property
+    def begins_at(self) -> datetime:
+        return datetime.combine(self.start, datetime.min.time(), SYDNEY).astimezone(UTC)
+
+    @property
+    def ends_at(self) -> datetime:
+        after = self.end + timedelta(days=1)
+        return datetime.combine(after, datetime.min.time(), SYDNEY).astimezone(UTC)
+
+    @property
+    def clock_file(self) -> Path:
+        return self.home.run / CLOCK_FILE
+
+    def check(self) -> None:
+        """``ConfigError`` naming what is wrong with the plan."""
+        if self.end < self.start:
+            raise ConfigError(f"--to {self.end} is before --from {self.start}")
+        if self.speed is not None and self.speed <= 0:
+            raise ConfigError("--speed must be above 0 (or 'max')")
+        missing = [s for s in (*self.symbols, INDEX) if not (self.prices / f"{s}.csv").is_file()]
+        if missing:
+            raise ConfigError(f"no price file for {', '.join(missing)} in {self.prices}")
+
+
+def replay_tables(plan: ReplayPlan) -> dict[str, Any]:
+    symbols = list(plan.symbols)
+    tables: dict[str, Any] = {
+        "rpc": {"connect_attempts": 12},
+        "market_data": {"source": "replay", "csv_dir": str(plan.prices.absolute()), "symbols": symbols},
+        "sentiment": {"symbols": symbols, "marketaux": {"enabled": False}, "rss": {"enabled": False}},
+        "ml_model": {
+            "symbols": symbols,
+            "models": list(plan.models),
+            "reload_interval_s": 86400.0,
+            "score_interval_s": 86400.0,
+        },
+        "prediction": {"symbols": symbols},
+        "paper_trading": {"symbols": symbols, "check_interval_s": 3600.0},
+        # The manager's own task (backups) runs on the real clock: not in a replay.
+        "scheduler": {"disable": ["intraday_market_data", "intraday_predictions", "daily_backup"]},
+    }
+    return merge(tables, plan.overrides)
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def toml_text(tables: Mapping[str, Any], prefix: str = "") -> str:
+    """Tables of strings, numbers, booleans and lists of those, as TOML."""
+    plain = {k: v for k, v in tables.items() if not isinstance(v, Mapping)}
+    nested = {k: v for k, v in tables.items() if isinstance(v, Mapping)}
+    lines = [f"[{prefix}]"] if prefix and plain else []
+    lines += [f"{key} = {_toml_value(value)}" for key, value in plain.items()]
+    text = "\n".join(lines) + ("\n\n" if lines else "")
+    for key, value in nested.items():
+        text += toml_text(value, f"{prefix}.{key}" if prefix else key)
+    return text
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to config.toml")
+
+
+def prepare_home(plan: ReplayPlan, progress: Callable[[str], None] = print) -> Settings:
+    """A fresh home with the replay's config, its clock at the start, and models trained on the
+    bars before it. Refuses a home that already holds data: a replay never mixes with another."""
+    plan.check()
+    home = plan.home
+    if home.data.exists() and any(home.data.iterdir()):
+        raise ConfigError(f"{home.root} already holds a run's data; give a new --home")
+    home.create()
+    home.config_file.write_text(toml_text(replay_tables(plan)))
+    if plan.synthetic:
+        (home.root / SYNTHETIC_MARKER).write_text("prices in this home are generated, not real\n")
+    plan.clock_file.write_text(utc_iso(plan.begins_at))
+    settings = load_settings(home, env={})
+    train_models(plan, settings, progress)
+    return settings
+
+
+def train_models(plan: ReplayPlan, settings: Settings, progress: Callable[[str], None]) -> None:
+    """Models on the bars before the replay's first day; a failure is said, and the replay goes on
+    without ML (its predictions say so)."""
+    from services.market_data.csv_files import read_price_csv
+    from services.ml_model.config import MlModelConfig
+    from services.ml_model.registry import ModelRegistry
+    from services.ml_model.training import run_training
+
+    config = settings.section("ml_model", MlModelConfig)
+    cut = plan.start.isoformat()
+    bars = {s: read_price_csv(plan.prices / f"{s}.csv") for s in (*plan.symbols, INDEX)}
+    bars = {s: frame[frame.index < cut] for s, frame in bars.items()}
+    index_bars = bars.pop(INDEX)
+    progress(f"training {', '.join(config.models)} on the bars before {cut}")
+    try:
+        report = run_training(
+            config, bars, index_bars, ModelRegistry(settings.home.models),
+            now=plan.begins_at, source=f"price files in {plan.prices} before {cut}", activate=True,
+        )  # fmt: skip
+    except ValueError as exc:
+        progress(f"no models: training failed ({exc}); predictions will go without ML")
+        return
+    for failure in report["failures"]:
+        progress(f"model not trained: {failure}")
+
+
+# -- driving ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DriveFigures:
+    steps: int = 0
+    outages: int = 0
+    wall_s: float = 0.0
+    sessions: int = 0
+
+
+async def drive(
+    plan: ReplayPlan, settings: Settings, progress: Callable[[str], None] = print
+) -> DriveFigures:
+    """Move every service from the plan's start to its end, paced by ``plan.speed``."""
+    home = plan.home
+    clients = {name: RpcClient(home.socket_path(name), timeout=300.0, connect_attempts=1) for name in DRIVEN}
+    store = aioredis.Redis.from_url(redis_url(settings))
+
+    async def backlog() -> int:
+        """Signals on the stream that paper trading has not applied: unread plus unacknowledged."""
+        if not await store.exists(SIGNALS_STREAM):
+            return 0
+        for group in await store.xinfo_groups(SIGNALS_STREAM):
+            if _text(group["name"]) == PAPER_GROUP:
+                unread = await store.xrange(
+                    SIGNALS_STREAM, min=f"({_text(group['last-delivered-id'])}", count=1
+                )
+                return int(group["pending"]) + len(unread)
+        return 1  # paper trading has not joined the stream yet
+
+    driver = ReplayDriver(clients, backlog=backlog, clock_file=plan.clock_file)
+    started = time.monotonic()
+    label = " SYNTHETIC" if plan.synthetic else ""
+    reported: list[date] = []
+
+    async def on_step(reached: datetime) -> None:
+        if plan.speed is not None:
+            due = (reached - plan.begins_at).total_seconds() / plan.speed
+            await asyncio.sleep(max(0.0, due - (time.monotonic() - started)))
+        day = reached.astimezone(SYDNEY).date()
+        if not reported or (day.year, day.month) != (reported[-1].year, reported[-1].month):
+            reported.append(day)
+            progress(f"{day:%Y-%m}{label}  steps {driver.figures.steps}  {time.monotonic() - started:.1f}s")
+
+    try:
+        await driver.run(plan.ends_at, on_step=on_step)
+    finally:
+        for client in clients.values():
+            await client.close()
+        await store.aclose()
+    return DriveFigures(
+        steps=driver.figures.steps,
+        outages=driver.figures.outages,
+        wall_s=round(time.monotonic() - started, 2),
+        sessions=len(_sessions(plan)),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _sessions(plan: ReplayPlan) -> list[date]:
+    from services.asx.calendar import AsxCalendar
+
+    return AsxCalendar().sessions_between(plan.start, plan.end)
+
+
+def is_synthetic(home: TradingHome) -> bool:
+    return (home.root / SYNTHETIC_MARKER).exists()
