@@ -68,6 +68,15 @@ class TradingHome:
     def secrets_file(self) -> Path:
         return self.root / "secrets.toml"
 
+    @property
+    def synthetic_marker(self) -> Path:
+        """Present in a home whose market is generated (the demo): every output says SYNTHETIC."""
+        return self.root / "SYNTHETIC"
+
+    @property
+    def synthetic(self) -> bool:
+        return self.synthetic_marker.exists()
+
     def socket_path(self, service: str) -> Path:
         return self.run / f"{service}.sock"
 

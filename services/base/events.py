@@ -121,9 +121,11 @@ class EventBus:
         config: EventsConfig | None = None,
         outbox_db: Database | None = None,
         metrics: Metrics | None = None,
+        synthetic: bool = False,
     ) -> None:
         self.url = url
         self.source = source
+        self.synthetic = synthetic  # a demo on generated prices: every event says so
         self.clock = clock
         self.redis_config = redis_config or RedisConfig()
         self.config = config or EventsConfig()
@@ -241,7 +243,7 @@ class EventBus:
             source=self.source,
             ts=utc_iso(self.clock.now()),
             trace=trace if trace is not None else trace_var.get(),
-            data=data,
+            data={**data, "synthetic": True} if self.synthetic else data,
         )
 
     async def publish(self, type: str, data: dict[str, Any], *, trace: str | None = None) -> Event | None:

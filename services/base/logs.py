@@ -60,9 +60,10 @@ class Redactor:
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str, redactor: Redactor | None = None) -> None:
+    def __init__(self, service: str, redactor: Redactor | None = None, *, synthetic: bool = False) -> None:
         super().__init__()
         self.service = service
+        self.synthetic = synthetic
         self.redactor = redactor or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
@@ -74,6 +75,8 @@ class JsonFormatter(logging.Formatter):
             "trace": getattr(record, "trace", None) or trace_var.get(),
             "logger": record.name,
         }
+        if self.synthetic:
+            entry["data"] = "SYNTHETIC"
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS and key not in entry:
                 entry[key] = self.redactor.value(key, value)
@@ -100,10 +103,12 @@ def configure_logging(
     keep_days: int = 7,
     to_stderr: bool = True,
     redactor: Redactor | None = None,
+    synthetic: bool = False,
 ) -> Redactor:
-    """Send the root logger to ``logs/<service>.log`` (rotated at midnight) and stderr."""
+    """Send the root logger to ``logs/<service>.log`` (rotated at midnight) and stderr.
+    ``synthetic``: every line says so (a demo on generated prices)."""
     redactor = redactor or Redactor()
-    formatter = JsonFormatter(service, redactor)
+    formatter = JsonFormatter(service, redactor, synthetic=synthetic)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -54,6 +54,7 @@ def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
         keep_days=settings.logging.keep_days,
         # Under the manager, stderr goes to logs/<service>.out: log to the .log file only.
         to_stderr=not os.environ.get("TRADING_SUPERVISED"),
+        synthetic=settings.home.synthetic,
     )
     raise_open_file_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -108,6 +108,7 @@ class BaseService:
             config=settings.rpc,
             metrics=self.stats,
             peer_uid=peer_uid,
+            label={"synthetic": True} if self.home.synthetic else None,
         )
 
     @property
@@ -147,6 +148,7 @@ class BaseService:
                 config=self.settings.events,
                 outbox_db=self.db,
                 metrics=self.stats,
+                synthetic=self.home.synthetic,
             )
         log.info("starting service-specific parts")
         await self._start()

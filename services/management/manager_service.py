@@ -569,6 +569,7 @@ def run_manager(
             level=settings.logging.level,
             keep_days=settings.logging.keep_days,
             to_stderr=to_stderr,
+            synthetic=settings.home.synthetic,
         )
         raise_open_file_limit()
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

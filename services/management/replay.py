@@ -43,8 +43,6 @@ from services.management.replay_driver import ReplayDriver
 # Callees before callers: the driver advances them in this order.
 DRIVEN = ("market_data", "sentiment", "ml_model", "prediction", "paper_trading", "scheduler")
 CLOCK_FILE = "replay-clock"
-# A file in a home whose prices are generated: every output of that home says SYNTHETIC.
-SYNTHETIC_MARKER = "SYNTHETIC"
 PAPER_GROUP = "paper_trading"
 INDEX = "^AXJO"
 DEFAULT_SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
@@ -86,6 +84,25 @@ class ReplayPlan:
         missing = [s for s in (*self.symbols, INDEX) if not (self.prices / f"{s}.csv").is_file()]
         if missing:
             raise ConfigError(f"no price file for {', '.join(missing)} in {self.prices}")
+
+
+DEMO_FIRST_DAY = date(2024, 1, 2)
+DEMO_HISTORY_DAYS = 3 * 365
+
+
+def demo_plan(home: TradingHome, *, speed: float, days: int) -> ReplayPlan:
+    """A replay of a generated market: three years of history to train and warm the indicators
+    on, then ``days`` of replay paced at ``speed``. Without news, predictions are degraded and
+    their confidence stays below the live BUY bar (0.6), so the demo lowers that bar to 0.35."""
+    from services.market_data.synthetic import write_synthetic_market
+
+    prices = home.root / "synthetic-prices"
+    end = DEMO_FIRST_DAY + timedelta(days=days)
+    write_synthetic_market(prices, DEMO_FIRST_DAY - timedelta(days=DEMO_HISTORY_DAYS), end, DEFAULT_SYMBOLS)
+    return ReplayPlan(
+        start=DEMO_FIRST_DAY, end=end, prices=prices, home=home, speed=speed, synthetic=True,
+        overrides={"paper_trading": {"buy_confidence": 0.35}},
+    )  # fmt: skip
 
 
 def replay_tables(plan: ReplayPlan) -> dict[str, Any]:
@@ -150,9 +167,9 @@ def prepare_home(plan: ReplayPlan, progress: Callable[[str], None] = print) -> S
     if home.data.exists() and any(home.data.iterdir()):
         raise ConfigError(f"{home.root} already holds a run's data; give a new --home")
     home.create()
-    home.config_file.write_text(toml_text(replay_tables(plan)))
     if plan.synthetic:
-        (home.root / SYNTHETIC_MARKER).write_text("prices in this home are generated, not real\n")
+        home.synthetic_marker.write_text("prices in this home are generated, not real\n")
+    home.config_file.write_text(toml_text(replay_tables(plan)))
     plan.clock_file.write_text(utc_iso(plan.begins_at))
     settings = load_settings(home, env={})
     train_models(plan, settings, progress)
@@ -213,7 +230,7 @@ async def drive(
                 unread = await store.xrange(
                     SIGNALS_STREAM, min=f"({_text(group['last-delivered-id'])}", count=1
                 )
-                return int(group["pending"]) + len(unread)
+                return int(group["pending"]) + len(unread or [])
         return 1  # paper trading has not joined the stream yet
 
     driver = ReplayDriver(clients, backlog=backlog, clock_file=plan.clock_file)
@@ -222,11 +239,18 @@ async def drive(
     reported: list[date] = []
 
     async def on_step(reached: datetime) -> None:
+        day = reached.astimezone(SYDNEY).date()
         if plan.speed is not None:
             due = (reached - plan.begins_at).total_seconds() / plan.speed
             await asyncio.sleep(max(0.0, due - (time.monotonic() - started)))
-        day = reached.astimezone(SYDNEY).date()
-        if not reported or (day.year, day.month) != (reported[-1].year, reported[-1].month):
+            if not reported or day != reported[-1]:  # paced: a line a day, with the book
+                reported.append(day)
+                book = await driver.ask("paper_trading", "get_portfolio_status")
+                progress(
+                    f"{day}{label}  equity ${book['equity']:,.2f}  positions {book['positions']}  "
+                    f"waiting orders {book['pending_orders']}"
+                )
+        elif not reported or (day.year, day.month) != (reported[-1].year, reported[-1].month):
             reported.append(day)
             progress(f"{day:%Y-%m}{label}  steps {driver.figures.steps}  {time.monotonic() - started:.1f}s")
 
@@ -252,7 +276,3 @@ def _sessions(plan: ReplayPlan) -> list[date]:
     from services.asx.calendar import AsxCalendar
 
     return AsxCalendar().sessions_between(plan.start, plan.end)
-
-
-def is_synthetic(home: TradingHome) -> bool:
-    return (home.root / SYNTHETIC_MARKER).exists()

@@ -328,9 +328,27 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_replay(replay_plan(settings, args))
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from services.management import replay
 
-    plan = replay_plan(settings, args)
+    home = TradingHome((args.home or settings.home.root / "demo").absolute())
+    if home.root.exists():
+        if not home.synthetic:
+            print(f"{home.root} exists and is not a demo home; give another --home", file=sys.stderr)
+            return EXIT_USAGE
+        shutil.rmtree(home.root)  # an earlier demo's: the demo always starts afresh
+    print(f"SYNTHETIC demo: a generated market (not real prices) in {home.root}", flush=True)
+    print(f"watch it with: TRADING_HOME={home.root} tradingctl dashboard", flush=True)
+    plan = replay.demo_plan(home, speed=float(args.speed), days=args.days)
+    return _run_replay(plan)
+
+
+def _run_replay(plan: Any) -> int:
+    from services.management import replay
+
     replay_settings = replay.prepare_home(plan)
     home = plan.home
     print(f"replay {plan.start} to {plan.end} of {', '.join(plan.symbols)} in {home.root}", flush=True)
@@ -505,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
     replay.add_argument("--config", type=Path, help="a TOML file of config tables merged over the replay's")
     replay.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
+    demo = command("demo", cmd_demo, "the whole stack on a generated (SYNTHETIC) market at an accelerated "
+                   "clock: prices, signals and paper trades within a minute, offline")  # fmt: skip
+    demo.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per real second")
+    demo.add_argument("--days", type=int, default=365, help="how many simulated days to run")
+    demo.add_argument("--home", type=Path, help="the demo's TRADING_HOME (default: TRADING_HOME/demo)")
     command("backup", cmd_backup, "copy every service database into backups/YYYY-MM-DD (14 days kept)")
     install = command("install-systemd", cmd_install_systemd, "write a systemd unit for this machine")
     install.add_argument("--user", action="store_true", help="a user unit (no root needed)")

@@ -70,8 +70,12 @@ class RpcServer:
         config: RpcConfig | None = None,
         metrics: Metrics | None = None,
         peer_uid: PeerUid = protocol.peer_uid,
+        label: dict[str, Any] | None = None,
     ) -> None:
+        """``label``: fields added to every object a method answers (and to every object in a list
+        it answers), e.g. ``{"synthetic": True}`` in a demo."""
         self.methods = methods
+        self.label = label
         self.socket_path = socket_path
         self.config = config or RpcConfig()
         self.metrics = metrics or Metrics()
@@ -168,6 +172,15 @@ class RpcServer:
             return encode(failure(request_id, ErrorCode.INVALID_PARAMS, exc.message[:500], exc.data))
         return Call(spec, kwargs, request_id, is_notification, trace)
 
+    def _labelled(self, result: Any) -> Any:
+        if not self.label:
+            return result
+        if isinstance(result, dict):
+            return {**result, **self.label}
+        if isinstance(result, list):
+            return [{**item, **self.label} if isinstance(item, dict) else item for item in result]
+        return result
+
     def call_sync(
         self, spec: MethodSpec, kwargs: dict[str, Any], request_id: RequestId, trace: str | None
     ) -> bytes:
@@ -175,7 +188,7 @@ class RpcServer:
         started = time.perf_counter()
         try:
             result = spec.func(**kwargs)
-            answer = encode(success(request_id, result))
+            answer = encode(success(request_id, self._labelled(result)))
         except Exception as exc:
             self.metrics.record_call(spec.name, time.perf_counter() - started, ok=False)
             return self._error_answer(spec, request_id, trace, exc)
@@ -192,7 +205,7 @@ class RpcServer:
         started = time.perf_counter()
         try:
             result = await spec.func(**kwargs)
-            answer = encode(success(request_id, result))
+            answer = encode(success(request_id, self._labelled(result)))
         except asyncio.CancelledError:
             self.metrics.record_call(spec.name, time.perf_counter() - started, ok=False)
             return encode(failure(request_id, ErrorCode.DEPENDENCY_UNAVAILABLE, "service is shutting down"))
