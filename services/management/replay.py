@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.asx.calendar import SYDNEY
 from services.base.clock import utc_iso
@@ -223,14 +224,16 @@ async def drive(
 
     async def backlog() -> int:
         """Signals on the stream that paper trading has not applied: unread plus unacknowledged."""
-        if not await store.exists(SIGNALS_STREAM):
-            return 0
-        for group in await store.xinfo_groups(SIGNALS_STREAM):
-            if _text(group["name"]) == PAPER_GROUP:
-                unread = await store.xrange(
-                    SIGNALS_STREAM, min=f"({_text(group['last-delivered-id'])}", count=1
-                )
-                return int(group["pending"]) + len(unread or [])
+        try:
+            if not await store.exists(SIGNALS_STREAM):
+                return 0
+            for group in await store.xinfo_groups(SIGNALS_STREAM):
+                if _text(group["name"]) == PAPER_GROUP:
+                    after = f"({_text(group['last-delivered-id'])}"
+                    unread = await store.xrange(SIGNALS_STREAM, min=after, count=1)
+                    return int(group["pending"]) + len(unread or [])
+        except RedisError:
+            return 1  # unknown while Redis is away (or restarting): not quiet
         return 1  # paper trading has not joined the stream yet
 
     driver = ReplayDriver(clients, backlog=backlog, clock_file=plan.clock_file)
