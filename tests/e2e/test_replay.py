@@ -78,18 +78,17 @@ class Run:
 
     def ledger(self) -> dict[str, Any]:
         """What a paper trader owns and did, without when the processes happened to run."""
-        return {
-            "account": self.rows("paper_trading", "SELECT starting_cents, cash_cents, realised_cents, "
-                                 "commissions_cents FROM account"),
-            "fills": self.rows("paper_trading", "SELECT symbol, side, quantity, price, market_price, price_time, "
-                               "value_cents, commission_cents, cost_cents, realised_cents, reason FROM fills "
-                               "ORDER BY id"),
-            "orders": self.rows("paper_trading", "SELECT symbol, side, quantity, status, reason, origin, "
-                                "signal_id FROM orders ORDER BY id"),
-            "positions": self.rows("paper_trading", "SELECT symbol, quantity, cost_cents, entry_price, "
-                                   "stop_price FROM positions ORDER BY symbol"),
-            "equity": self.rows("paper_trading", "SELECT day, equity_cents, cash_cents FROM equity ORDER BY day"),
-        }  # fmt: skip
+        tables = {
+            "account": "starting_cents, cash_cents, realised_cents, commissions_cents FROM account",
+            "fills": "symbol, side, quantity, price, market_price, price_time, value_cents, "
+            "commission_cents, "
+            "cost_cents, realised_cents, reason FROM fills ORDER BY id",
+            "orders": "symbol, side, quantity, status, reason, origin, signal_id FROM orders ORDER BY id",
+            "positions": "symbol, quantity, cost_cents, entry_price, stop_price FROM positions "
+            "ORDER BY symbol",
+            "equity": "day, equity_cents, cash_cents FROM equity ORDER BY day",
+        }
+        return {name: self.rows("paper_trading", f"SELECT {query}") for name, query in tables.items()}
 
 
 def replay(
