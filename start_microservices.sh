@@ -2,7 +2,8 @@
 # One command from a fresh clone to a running stack: creates .venv (unless a virtualenv is
 # active), installs, creates TRADING_HOME (default ~/.asx-trading) and its databases, starts the
 # manager and every service, and waits until all are healthy. Arguments are passed to
-# `tradingctl start` (e.g. service names).
+# `tradingctl start` (e.g. service names). `--demo [ARGS]` instead runs the whole stack offline on
+# a generated market labelled SYNTHETIC, at an accelerated clock (`tradingctl demo [ARGS]`).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,6 +13,11 @@ if [[ -n "${VIRTUAL_ENV:-}" ]]; then
     bin="$VIRTUAL_ENV/bin"
 else
     bin="$PWD/.venv/bin"
+fi
+
+if [[ "${1:-}" == "--demo" ]]; then
+    shift
+    exec "$bin/tradingctl" demo "$@"
 fi
 
 status=0
