@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.base.config import ConfigError, TradingHome
+from services.base.config import TradingHome
+from services.base.errors import ConfigError
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import RpcServer
 from services.management.replay import ReplayPlan, replay_tables, toml_text
