@@ -202,6 +202,15 @@ class BaseService:
             raise RuntimeError(f"{self.name}: no database open (uses_database, after start)")
         return await self.db.run(work)
 
+    def peer(self, service: str, *, timeout: float) -> RpcClient:
+        """A client for another service of this home. A call to a peer that is restarting tries
+        to connect ``rpc.connect_attempts`` times (backing off) before it fails."""
+        return RpcClient(
+            self.home.socket_path(service),
+            timeout=timeout,
+            connect_attempts=self.settings.rpc.connect_attempts,
+        )
+
     async def _stop(self) -> None:
         """Flush and close what ``_start`` opened. Override."""
 

@@ -90,11 +90,7 @@ class MlModelService(BaseService):
         assert self.db is not None
         await self.db.run(lambda conn: migrate(conn, MIGRATIONS))
         self.tracking = PredictionLog(self.db, horizon=self.config.horizon, threshold=self.config.threshold)
-        self._market_data = RpcClient(
-            self.home.socket_path("market_data"),
-            timeout=self.config.market_data_timeout_s,
-            connect_attempts=self.settings.rpc.connect_attempts,
-        )
+        self._market_data = self.peer("market_data", timeout=self.config.market_data_timeout_s)
         await self._reload(publish=False)
         log.info(
             "models in use: %s",

@@ -108,11 +108,7 @@ class PaperTradingService(BaseService):
             ledger.reconcile(conn)
 
         await self._db(prepare)
-        self._market_data = RpcClient(
-            self.home.socket_path("market_data"),
-            timeout=self.config.price_timeout_s,
-            connect_attempts=self.settings.rpc.connect_attempts,
-        )
+        self._market_data = self.peer("market_data", timeout=self.config.price_timeout_s)
         self.bus.consume(
             SIGNALS_STREAM, CONSUMER_GROUP, f"paper_trading-{self.home.root.name}", self._on_signal
         )

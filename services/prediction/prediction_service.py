@@ -90,11 +90,7 @@ class PredictionService(BaseService):
         check_reachable(self.config)
         await self.db.run(lambda conn: migrate(conn, MIGRATIONS))
         for service in ("market_data", "sentiment", "ml_model"):
-            self._clients[service] = RpcClient(
-                self.home.socket_path(service),
-                timeout=self.config.input_timeout_s,
-                connect_attempts=self.settings.rpc.connect_attempts,
-            )
+            self._clients[service] = self.peer(service, timeout=self.config.input_timeout_s)
         self._prediction_count, self._rolling_rate, self._alert_active = await self.db.run(self._load_state)
 
     async def _stop(self) -> None:

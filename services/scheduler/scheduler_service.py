@@ -450,9 +450,7 @@ class SchedulerService(BaseService):
         if client is None:
             # One connection attempt per call: the task's own retries do the waiting.
             client = RpcClient(
-                self.home.socket_path(task.service),
-                timeout=task.timeout_s,
-                connect_attempts=self.settings.rpc.connect_attempts,
+                self.home.socket_path(task.service), timeout=task.timeout_s, connect_attempts=1
             )
             self._clients[task.service] = client
         return await client.call(
