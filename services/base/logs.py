@@ -76,7 +76,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
         }
         if self.synthetic:
-            entry["data"] = "SYNTHETIC"
+            entry["synthetic"] = True
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS and key not in entry:
                 entry[key] = self.redactor.value(key, value)

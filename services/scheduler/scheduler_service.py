@@ -177,8 +177,7 @@ class SchedulerService(BaseService):
         for task_id, run in interrupted:
             await self._publish_outcome(task_id, run)
         for entry in list(self.entries.values()):
-            if entry.last_run is not None and entry.last_run.outcome == "interrupted":
-                await self._resume(entry.task.id, entry.last_run)
+            await self._resume(entry)
         await self._catch_up(planned)
         while True:
             self._changed.clear()
@@ -202,12 +201,12 @@ class SchedulerService(BaseService):
             else:
                 await self._plan(entry, now)
 
-    async def _resume(self, task_id: str, cut_short: RunSummary) -> None:
-        """Run again a scheduled run that the scheduler's last stop cut short, while its fire time
-        is within the task's misfire grace: tasks are idempotent, and without this a crash at 09:30
-        would lose that morning's predictions."""
-        entry = self.entries.get(task_id)
-        if entry is None or cut_short.scheduled_for is None:
+    async def _resume(self, entry: Entry) -> None:
+        """Run again the task's latest run if the scheduler's last stop cut it short, while its
+        fire time is within the task's misfire grace: tasks are idempotent, and without this a
+        crash at 09:30 would lose that morning's predictions."""
+        cut_short, task_id = entry.last_run, entry.task.id
+        if cut_short is None or cut_short.outcome != "interrupted" or cut_short.scheduled_for is None:
             return
         now = self.clock.now()
         fired = datetime.fromisoformat(cut_short.scheduled_for)

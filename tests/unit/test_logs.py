@@ -57,6 +57,13 @@ def test_formatter_has_the_standard_fields() -> None:
         assert noise not in entry
 
 
+def test_a_synthetic_home_labels_every_line() -> None:
+    plain = orjson.loads(JsonFormatter("quotes").format(make_record()))
+    assert "synthetic" not in plain
+    labelled = orjson.loads(JsonFormatter("quotes", synthetic=True).format(make_record()))
+    assert labelled["synthetic"] is True
+
+
 def test_trace_comes_from_context_variable() -> None:
     token = trace_var.set("trace-abc")
     try:
