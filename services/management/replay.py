@@ -22,6 +22,7 @@ data shows at that time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -206,18 +207,11 @@ def train_models(plan: ReplayPlan, settings: Settings, progress: Callable[[str],
 # -- driving ----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class DriveFigures:
-    steps: int = 0
-    outages: int = 0
-    wall_s: float = 0.0
-    sessions: int = 0
-
-
 async def drive(
     plan: ReplayPlan, settings: Settings, progress: Callable[[str], None] = print
-) -> DriveFigures:
-    """Move every service from the plan's start to its end, paced by ``plan.speed``."""
+) -> dict[str, Any]:
+    """Move every service from the plan's start to its end, paced by ``plan.speed``; the driver's
+    figures (steps, waits, outages, wall_s) and the sessions replayed."""
     home = plan.home
     clients = {name: RpcClient(home.socket_path(name), timeout=300.0, connect_attempts=1) for name in DRIVEN}
     store = aioredis.Redis.from_url(redis_url(settings))
@@ -237,7 +231,7 @@ async def drive(
         return 1  # paper trading has not joined the stream yet
 
     driver = ReplayDriver(clients, backlog=backlog, clock_file=plan.clock_file)
-    started = time.monotonic()
+    started = time.monotonic()  # for pacing
     label = " SYNTHETIC" if plan.synthetic else ""
     reported: list[date] = []
 
@@ -263,12 +257,8 @@ async def drive(
         for client in clients.values():
             await client.close()
         await store.aclose()
-    return DriveFigures(
-        steps=driver.figures.steps,
-        outages=driver.figures.outages,
-        wall_s=round(time.monotonic() - started, 2),
-        sessions=len(_sessions(plan)),
-    )
+    figures = dataclasses.asdict(driver.figures)
+    return figures | {"wall_s": round(figures["wall_s"], 2), "sessions": len(_sessions(plan))}
 
 
 def _text(value: bytes | str) -> str:

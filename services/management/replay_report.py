@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from services.asx.calendar import SYDNEY
@@ -52,19 +53,26 @@ def equity_curve(plan: ReplayPlan) -> list[tuple[str, float]]:
     return [(r["day"], r["equity_cents"] / 100) for r in rows]
 
 
-def _bars(plan: ReplayPlan, symbol: str) -> pd.DataFrame:
-    bars = read_price_csv(plan.prices / f"{symbol}.csv")
-    return bars[bars["close"].notna()]
+Prices = Mapping[str, pd.DataFrame]
 
 
-def prediction_accuracy(plan: ReplayPlan) -> dict[str, Any]:
+def read_prices(plan: ReplayPlan) -> dict[str, pd.DataFrame]:
+    """The symbols' and ^AXJO's complete bars, read once for the whole report."""
+    prices = {}
+    for symbol in (*plan.symbols, INDEX):
+        bars = read_price_csv(plan.prices / f"{symbol}.csv")
+        prices[symbol] = bars[bars["close"].notna()]
+    return prices
+
+
+def prediction_accuracy(plan: ReplayPlan, prices: Prices) -> dict[str, Any]:
     """Counts per signal, and how each did: the share of BUYs followed by a rise and of SELLs by
     a fall over the next sessions, and the mean move after each signal."""
     query = "SELECT symbol, signal, price_time, degraded FROM predictions"
     rows = _rows(plan.home.database("prediction"), query)
     counts = Counter(r["signal"] for r in rows)
     moves: dict[str, list[float]] = {"BUY": [], "SELL": [], "HOLD": []}
-    closes = {symbol: _bars(plan, symbol)["adj_close"] for symbol in plan.symbols}
+    closes = {symbol: prices[symbol]["adj_close"] for symbol in plan.symbols}
     unjudged = 0
     for row in rows:
         series = closes.get(row["symbol"])
@@ -108,9 +116,9 @@ def _sydney_day(stamp: str) -> str:
     return datetime.fromisoformat(stamp).astimezone(SYDNEY).date().isoformat()
 
 
-def buy_and_hold(plan: ReplayPlan, symbol: str) -> dict[str, Any]:
+def buy_and_hold(plan: ReplayPlan, prices: Prices, symbol: str) -> dict[str, Any]:
     """Bought at the first session's open in the period, valued at the last close in it."""
-    bars = _bars(plan, symbol)
+    bars = prices[symbol]
     inside = bars[(bars.index >= plan.start.isoformat()) & (bars.index <= plan.end.isoformat())]
     if inside.empty:
         return {"symbol": symbol, "return": None, "note": "no bars in the period"}
@@ -138,8 +146,10 @@ def build_report(
     portfolio: Mapping[str, Any],
     performance: Mapping[str, Any],
     health: Sequence[Mapping[str, Any]],
+    prices: Prices,
+    fills: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    holds = [buy_and_hold(plan, s) for s in plan.symbols]
+    holds = [buy_and_hold(plan, prices, s) for s in plan.symbols]
     returns = [h["return"] for h in holds if h["return"] is not None]
     starting = float(portfolio["starting_capital"])
     return {
@@ -152,31 +162,30 @@ def build_report(
         "portfolio": dict(portfolio),
         "performance": dict(performance),
         "strategy_return": round(float(portfolio["equity"]) / starting - 1, 6),
-        "predictions": prediction_accuracy(plan),
+        "predictions": prediction_accuracy(plan, prices),
         "buy_and_hold": {
             "symbols": holds,
             "equal_weight_return": round(sum(returns) / len(returns), 6) if returns else None,
-            "index": buy_and_hold(plan, INDEX),
+            "index": buy_and_hold(plan, prices, INDEX),
         },
-        "trades": len(trades(plan)),
+        "trades": len(fills),
         "health": [{"name": h["name"], "status": h["status"], "error": h.get("error")} for h in health],
     }
 
 
-def write_report(plan: ReplayPlan, report: Mapping[str, Any]) -> Path:
-    import orjson
-
+def write_report(
+    plan: ReplayPlan, report: Mapping[str, Any], prices: Prices, fills: Sequence[Mapping[str, Any]]
+) -> Path:
     directory = plan.home.root / "report"
     directory.mkdir(exist_ok=True)
     (directory / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     (directory / "report.md").write_text(report_markdown(report))
-    rows = trades(plan)
     with (directory / "trades.csv").open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=[*TRADE_COLUMNS, *(["data"] if plan.synthetic else [])])
         writer.writeheader()
-        for row in rows:
-            writer.writerow(row | ({"data": "SYNTHETIC"} if plan.synthetic else {}))
-    (directory / "equity.html").write_text(equity_html(plan, report))
+        for row in fills:
+            writer.writerow({**row, **({"data": "SYNTHETIC"} if plan.synthetic else {})})
+    (directory / "equity.html").write_text(equity_html(plan, report, prices))
     return directory
 
 
@@ -251,7 +260,7 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def equity_html(plan: ReplayPlan, report: Mapping[str, Any]) -> str:
+def equity_html(plan: ReplayPlan, report: Mapping[str, Any], prices: Prices) -> str:
     """Paper-trading equity against equal-weight buy-and-hold of the symbols, as an SVG."""
     curve = equity_curve(plan)
     title = f"{'SYNTHETIC market - ' if plan.synthetic else ''}Replay {plan.start} to {plan.end}"
@@ -260,7 +269,7 @@ def equity_html(plan: ReplayPlan, report: Mapping[str, Any]) -> str:
     else:
         days = [d for d, _ in curve]
         starting = float(report["portfolio"]["starting_capital"])
-        hold = _hold_curve(plan, days, starting)
+        hold = _hold_curve(plan, prices, days, starting)
         body = _svg({"paper trading": [v for _, v in curve], "buy and hold (equal weight)": hold}, days)
     return (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -268,9 +277,9 @@ def equity_html(plan: ReplayPlan, report: Mapping[str, Any]) -> str:
     )
 
 
-def _hold_curve(plan: ReplayPlan, days: Sequence[str], starting: float) -> list[float | None]:
+def _hold_curve(plan: ReplayPlan, prices: Prices, days: Sequence[str], starting: float) -> list[float | None]:
     values: list[float | None] = []
-    series = {s: _bars(plan, s) for s in plan.symbols}
+    series = {s: prices[s] for s in plan.symbols}
     entries = {}
     for symbol, bars in series.items():
         inside = bars[bars.index >= plan.start.isoformat()]

@@ -14,7 +14,6 @@ if __name__ == "__main__" and not __package__:  # run as a script from a checkou
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import os
 import shutil
@@ -24,7 +23,7 @@ import time
 import tomllib
 from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psutil
@@ -47,6 +46,9 @@ from services.management.states import ProcessState
 from services.management.wire import StackStatus, StartResult
 from services.ml_model.arguments import add_arguments as add_training_arguments
 from services.ml_model.config import MODEL_KINDS
+
+if TYPE_CHECKING:  # imported when used: tradingctl starts without loading them
+    from services.management.replay import ReplayPlan
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -346,7 +348,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return _run_replay(plan)
 
 
-def _run_replay(plan: Any) -> int:
+def _run_replay(plan: ReplayPlan) -> int:
     from services.management import replay
 
     replay_settings = replay.prepare_home(plan)
@@ -361,13 +363,17 @@ def _run_replay(plan: Any) -> int:
             for name, why in result["failed"].items():
                 print(f"FAILED {name}: {why}", file=sys.stderr)
             return EXIT_FAILED
-        figures = asyncio.run(replay.drive(plan, replay_settings, progress=_say))
+        try:
+            figures = asyncio.run(replay.drive(plan, replay_settings, progress=_say))
+        except KeyboardInterrupt:
+            print(f"interrupted at {plan.clock_file.read_text()}; stopping the stack", file=sys.stderr)
+            return EXIT_FAILED
         return _replay_report(plan, figures)
     finally:
         manager(home, "stop", {"services": None}, timeout=LONG_CALL_S)
 
 
-def replay_plan(settings: Settings, args: argparse.Namespace) -> Any:
+def replay_plan(settings: Settings, args: argparse.Namespace) -> ReplayPlan:
     from services.management.replay import DEFAULT_SYMBOLS, ReplayPlan
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -381,19 +387,22 @@ def replay_plan(settings: Settings, args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
-def _replay_report(plan: Any, figures: Any) -> int:
-    from services.management.replay_report import build_report, reconciled, write_report
+def _replay_report(plan: ReplayPlan, figures: dict[str, Any]) -> int:
+    from services.management.replay_report import build_report, read_prices, reconciled, trades, write_report
 
     home = plan.home
     health = manager(home, "stack_health", {"service": None})
+    prices, fills = read_prices(plan), trades(plan)
     report = build_report(
         plan,
-        figures=dataclasses.asdict(figures),
+        figures=figures,
         portfolio=call(home, "paper_trading", "get_portfolio_status"),
         performance=call(home, "paper_trading", "get_trading_performance", {"period": "all"}),
         health=health,
+        prices=prices,
+        fills=fills,
     )
-    directory = write_report(plan, report)
+    directory = write_report(plan, report, prices, fills)
     print((directory / "report.md").read_text())
     print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
     fine = all(entry["status"] in ("ok", "degraded") for entry in health)
@@ -525,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
     demo = command("demo", cmd_demo, "the whole stack on a generated (SYNTHETIC) market at an accelerated "
                    "clock: prices, signals and paper trades within a minute, offline")  # fmt: skip
-    demo.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per real second")
+    demo.add_argument("--speed", type=float, default=10000.0, help="simulated seconds per real second")
     demo.add_argument("--days", type=int, default=365, help="how many simulated days to run")
     demo.add_argument("--home", type=Path, help="the demo's TRADING_HOME (default: TRADING_HOME/demo)")
     command("backup", cmd_backup, "copy every service database into backups/YYYY-MM-DD (14 days kept)")
