@@ -203,13 +203,11 @@ def test_services_killed_at_random_change_nothing(market: Market, undisturbed: R
     killed: list[str] = []
     names = ("market_data", "sentiment", "ml_model", "prediction", "paper_trading", "scheduler")
     run = replay(market, lambda home, process: kill_now_and_then(home, process, names, (2.0, 4.0), killed))
-    try:
-        check_whole(run)
-        assert len(killed) >= 3, killed
-        assert run.report["run"]["outages"] > 0  # the driver waited for restarts
-        assert run.ledger() == undisturbed.ledger()
-    finally:
-        shutil.rmtree(run.home.root.parent, ignore_errors=True)
+    check_whole(run)
+    assert len(killed) >= 3, killed
+    assert run.report["run"]["outages"] > 0  # the driver waited for restarts
+    assert run.ledger() == undisturbed.ledger()
+    shutil.rmtree(run.home.root.parent, ignore_errors=True)  # kept, with its logs, when a check fails
 
 
 def test_redis_killed_and_restarted_changes_nothing(market: Market, undisturbed: Run) -> None:
@@ -217,9 +215,7 @@ def test_redis_killed_and_restarted_changes_nothing(market: Market, undisturbed:
     run = replay(
         market, lambda home, process: kill_now_and_then(home, process, ("redis",), (4.0, 6.0), killed)
     )
-    try:
-        check_whole(run)
-        assert len(killed) >= 1, killed
-        assert run.ledger() == undisturbed.ledger()
-    finally:
-        shutil.rmtree(run.home.root.parent, ignore_errors=True)
+    check_whole(run)
+    assert len(killed) >= 1, killed
+    assert run.ledger() == undisturbed.ledger()
+    shutil.rmtree(run.home.root.parent, ignore_errors=True)  # kept, with its logs, when a check fails
