@@ -43,7 +43,7 @@ from services.management.manager_service import (
 )
 from services.management.processes import PROJECT_ROOT, SMALL_DAEMON_ENV, OsProcessControl
 from services.management.states import ProcessState
-from services.management.wire import StackStatus, StartResult
+from services.management.wire import HealthEntry, StackStatus, StartResult
 from services.ml_model.arguments import add_arguments as add_training_arguments
 from services.ml_model.config import MODEL_KINDS
 
@@ -391,7 +391,7 @@ def _replay_report(plan: ReplayPlan, figures: dict[str, Any]) -> int:
     from services.management.replay_report import build_report, read_prices, reconciled, trades, write_report
 
     home = plan.home
-    health = manager(home, "stack_health", {"service": None})
+    health = settled_health(home)
     prices, fills = read_prices(plan), trades(plan)
     report = build_report(
         plan,
@@ -407,6 +407,33 @@ def _replay_report(plan: ReplayPlan, figures: dict[str, Any]) -> int:
     print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
     fine = all(entry["status"] in ("ok", "degraded") for entry in health)
     return EXIT_OK if fine and reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
+
+
+# Long enough for the manager's restart backoff and a service's start after a crash.
+SETTLE_S = 60.0
+
+
+def settled_health(home: TradingHome, wait_s: float = SETTLE_S) -> list[HealthEntry]:
+    """The stack's health once it has settled: every service up and connected to Redis again.
+
+    A service that died near the end of a replay is being restarted by the manager, and one that
+    lost Redis reconnects after a backoff; their health a moment later is the stack's real state.
+    Stops waiting at once when a service is FATAL (the manager gave up on it), else after ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        health: list[HealthEntry] = manager(home, "stack_health", {"service": None})
+        if all(_settled(entry) for entry in health) or time.monotonic() > deadline:
+            return health
+        status: StackStatus = manager(home, "status")
+        if any(p["state"] == ProcessState.FATAL for p in status["processes"]):
+            return health
+        time.sleep(0.5)
+
+
+def _settled(entry: HealthEntry) -> bool:
+    redis_check = ((entry["report"] or {}).get("checks") or {}).get("redis") or {}
+    return entry["status"] in ("ok", "degraded") and redis_check.get("status") != "degraded"
 
 
 def _say(line: str) -> None:
