@@ -9,10 +9,14 @@ the driver ran (start-up, training and the report are not counted).
 
 The baseline: for every session, the two daily prediction rounds (09:30 on the last close, 17:00
 on the day's close) for each symbol, called directly: the replay source's visibility, market
-data's indicators, volume figures and market context, prediction's technical input and decision.
-No RPC, no Redis, no SQLite, no ML and no paper ledger: the baseline does less than the stack, so
-the ratio is an upper bound of what the architecture costs. Without ``--prices`` (and the shared
-data absent) both run on a generated, SYNTHETIC market.
+data's indicators, volume figures and market context, the ML ensemble of the models the stack
+trained (features on the closed sessions, each model's P(up), the ensemble's answer), and
+prediction's inputs (sentiment as a replay's sentiment service answers: no news) and decision.
+No RPC, no Redis, no SQLite, no scheduler and no paper ledger: the baseline does less than the
+stack, so the ratio is an upper bound of what the architecture costs. Its signals count each
+decision once, as the stack stores a repeat on the same inputs once: the two counts agree when
+both made the same decisions. Without ``--prices`` (and the shared data absent) both run on a
+generated, SYNTHETIC market.
 """
 
 from __future__ import annotations
@@ -23,36 +27,82 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.asx.calendar import AsxCalendar  # noqa: E402
+from services.asx.calendar import SYDNEY, AsxCalendar  # noqa: E402
 from services.asx.market_hours import sydney_time  # noqa: E402
 from services.market_data.config import MarketDataConfig  # noqa: E402
 from services.market_data.context import market_context as context_figures  # noqa: E402
 from services.market_data.csv_files import ReplaySource  # noqa: E402
 from services.market_data.indicators import indicators, volume_figures  # noqa: E402
 from services.market_data.synthetic import write_synthetic_market  # noqa: E402
+from services.ml_model.config import MlModelConfig  # noqa: E402
+from services.ml_model.features import check_row, feature_frame, latest_row  # noqa: E402
+from services.ml_model.ml_model_service import ensemble_answer, model_probabilities  # noqa: E402
+from services.ml_model.registry import POOLED, LoadedModel, ModelRegistry  # noqa: E402
 from services.prediction.config import PredictionConfig  # noqa: E402
-from services.prediction.decision import context_for, decide, market_context, technical_input  # noqa: E402
+from services.prediction.decision import (  # noqa: E402
+    context_for,
+    decide,
+    market_context,
+    ml_input,
+    sentiment_input,
+    technical_input,
+)
 
 SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
 SHARED = ROOT.parent / "shared" / "data" / "prices"
 ROUNDS = ("09:30", "17:00")
+# What the sentiment service answers in a replay, which has no news source.
+NO_NEWS = {"source": "none", "confidence": 0.0, "reason": "no news source in a replay"}
 
 
-def in_process(prices: Path, first: date, last: date) -> tuple[int, float, dict[str, int]]:
+def serving_models(models: Path, symbol: str) -> tuple[str, list[LoadedModel]]:
+    """The models the ml_model service would serve ``symbol`` with: its own, else the pooled ones."""
+    registry = ModelRegistry(models)
+    for scope in (symbol, POOLED):
+        if scope in registry.scopes():
+            return scope, [registry.load(scope, name) for name in registry.model_names(scope)]
+    raise SystemExit(f"no model for {symbol} in {models}")
+
+
+def ml_answer(
+    source: ReplaySource, calendar: AsxCalendar, ml: MlModelConfig, symbol: str, now: datetime,
+    models: tuple[str, list[LoadedModel]],
+) -> dict[str, Any]:  # fmt: skip
+    """What ``get_ensemble_prediction`` answers: features of the last closed session's bars."""
+    session = calendar.last_closed(now)
+    assert session is not None
+    since = (now.astimezone(SYDNEY).date() - timedelta(days=ml.history_days)).isoformat()
+
+    def closed(name: str) -> pd.DataFrame:
+        bars = source.visible(name, now)
+        return bars[(bars.index >= since) & (bars.index <= session.date.isoformat())]
+
+    as_of, features = latest_row(feature_frame(closed(symbol), closed(ml.market_symbol)))
+    row = check_row(features)[None, :]
+    scope, members = models
+    p_up = [float(model_probabilities(m, row)[0]) for m in members]
+    return ensemble_answer(symbol, scope, date.fromisoformat(as_of), members, p_up, ml.horizon)
+
+
+def in_process(prices: Path, models: Path, first: date, last: date) -> tuple[int, float, dict[str, int]]:
     calendar = AsxCalendar()
     now = [datetime.now()]
     source = ReplaySource(prices, calendar, lambda: now[0])
-    md, pred = MarketDataConfig(), PredictionConfig()
+    md, pred, ml = MarketDataConfig(), PredictionConfig(), MlModelConfig()
+    serving = {symbol: serving_models(models, symbol) for symbol in SYMBOLS}
     sessions = calendar.sessions_between(first, last)
     counts = {"BUY": 0, "HOLD": 0, "SELL": 0}
+    seen: set[tuple[Any, ...]] = set()
     started = time.perf_counter()
     for day in sessions:
         for wall in ROUNDS:
@@ -75,12 +125,18 @@ def in_process(prices: Path, first: date, last: date) -> tuple[int, float, dict[
                         bars.index[-1], close, bars["high"].to_numpy(float), bars["low"].to_numpy(float)
                     ),
                     "volume": volume_figures(bars["volume"].to_numpy(float), md.unusual_volume_ratio),
+                    "sessions_behind": calendar.sessions_after(date.fromisoformat(bars.index[-1]), now[0]),
                 }
-                technical = technical_input(answer, pred)
-                decision = decide(
-                    {"technical": technical}, context_for(context, answer["price_time"], pred), pred
-                )
-                counts[decision.signal] += 1
+                inputs = {
+                    "technical": technical_input(answer, pred),
+                    "sentiment": sentiment_input(NO_NEWS, pred),
+                    "ml": ml_input(ml_answer(source, calendar, ml, symbol, now[0], serving[symbol])),
+                }
+                decision = decide(inputs, context_for(context, answer["price_time"], pred), pred)
+                made = (symbol, answer["price_time"], inputs["ml"].at, decision.signal, decision.combined)
+                if made not in seen:
+                    seen.add(made)
+                    counts[decision.signal] += 1
     return len(sessions), time.perf_counter() - started, counts
 
 
@@ -113,12 +169,14 @@ def main() -> None:
             prices, label = workdir / "prices", " (SYNTHETIC market)"
             write_synthetic_market(prices, date(args.first.year - 3, 1, 1), args.last, SYMBOLS)
         sessions, stack_s, stack_signals = through_stack(prices, args.first, args.last, workdir)
-        base_sessions, base_s, base_signals = in_process(prices, args.first, args.last)
+        base_sessions, base_s, base_signals = in_process(
+            prices, workdir / "h" / "models", args.first, args.last
+        )
     stack_rate, base_rate = sessions / stack_s, base_sessions / base_s
     print(f"replay {args.first} to {args.last}, {sessions} sessions, Big 4{label}")
     print(f"  whole stack:  {stack_rate:7.2f} days/s  ({stack_s:.1f} s)  signals {stack_signals}")
     print(
-        f"  in process:   {base_rate:7.2f} days/s  ({base_s:.1f} s)  signals {base_signals} (technicals only)"
+        f"  in process:   {base_rate:7.2f} days/s  ({base_s:.1f} s)  signals {base_signals} (technicals, ML)"
     )
     print(f"  ratio: the stack takes {base_rate / stack_rate:.2f}x the time of the same decisions in-process")
 

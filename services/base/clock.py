@@ -55,12 +55,18 @@ class SimulatedClock:
     ``advance`` moves time forward, waking every sleeper whose deadline falls inside the step in
     deadline order, and lets the woken tasks run (and set new timers) before moving on. So a test
     can run a whole trading day of timers in milliseconds.
+
+    A woken task counts as ``awake`` until it sleeps on this clock again or ends: the work a
+    timer started, including its waits on threads and sockets, which a replay must let finish
+    before it moves time on.
     """
 
     def __init__(self, start: datetime) -> None:
         self._now = _require_aware(start).astimezone(UTC)
         self._timers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
+        self._sleepers: dict[asyncio.Future[None], asyncio.Task[object]] = {}
+        self._awake: set[asyncio.Task[object]] = set()
 
     def now(self) -> datetime:
         return self._now
@@ -70,12 +76,25 @@ class SimulatedClock:
 
     async def sleep_until(self, when: datetime) -> None:
         when = _require_aware(when).astimezone(UTC)
+        task = asyncio.current_task()
+        if task is not None:
+            self._awake.discard(task)
         if when <= self._now:
             await asyncio.sleep(0)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._timers, (when, next(self._sequence), waiter))
-        await waiter
+        if task is not None:
+            self._sleepers[waiter] = task
+        try:
+            await waiter
+        finally:
+            self._sleepers.pop(waiter, None)
+
+    @property
+    def awake(self) -> int:
+        """Tasks a timer woke that have neither slept on this clock again nor ended."""
+        return sum(1 for task in self._awake if not task.done())
 
     @property
     def pending_timers(self) -> int:
@@ -102,6 +121,10 @@ class SimulatedClock:
             if waiter.done():  # the sleeper was cancelled
                 continue
             self._now = max(self._now, when)
+            task = self._sleepers.get(waiter)
+            if task is not None:
+                self._awake.add(task)
+                task.add_done_callback(self._awake.discard)
             waiter.set_result(None)
             await _let_tasks_run()
         self._now = target

@@ -349,7 +349,8 @@ class BaseService:
     @rpc_method(name="replay.status", idempotent=True)
     async def replay_status(self) -> dict[str, Any]:
         """On a simulated clock (a replay): its time, its next timer, and whether this process is
-        still at work (calls in flight besides this one, durable events not yet sent)."""
+        still at work (calls in flight besides this one, durable events not yet sent, work a timer
+        started and has not finished)."""
         clock = self._simulated_clock()
         deadline = clock.next_deadline()
         return {
@@ -359,7 +360,7 @@ class BaseService:
             # Calls being served (besides this one) and calls made and not yet answered.
             "in_flight": max(0, self.rpc.in_flight - 1) + RpcClient.outgoing,
             "outbox_pending": await self.bus.outbox_pending() if self._bus is not None and self.db else 0,
-            "busy": self.replay_busy(),
+            "busy": clock.awake > 0 or self.replay_busy(),
         }
 
     def replay_busy(self) -> bool:

@@ -120,7 +120,9 @@ def replay_tables(plan: ReplayPlan) -> dict[str, Any]:
             "score_interval_s": 86400.0,
         },
         "prediction": {"symbols": symbols},
-        "paper_trading": {"symbols": symbols, "check_interval_s": 3600.0},
+        # The replay source shows a day's open at the open and the rest at the close: one check
+        # a session, at the open, sees every price an intraday one would.
+        "paper_trading": {"symbols": symbols, "check_interval_s": 86400.0},
         # The manager's own task (backups) runs on the real clock: not in a replay.
         "scheduler": {"disable": ["intraday_market_data", "intraday_predictions", "daily_backup"]},
     }

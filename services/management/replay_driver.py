@@ -111,6 +111,8 @@ class ReplayDriver:
             calm = calm + 1 if not busy and not waiting else 0
             if calm >= QUIET_POLLS:
                 return statuses
+            if calm:  # quiet once: look again at once, for work handed on between two answers
+                continue
             if time.monotonic() > deadline:
                 raise CallTimeout(
                     f"the stack did not settle within {self.quiet_timeout_s:g}s: "
@@ -127,18 +129,28 @@ class ReplayDriver:
         target = min((d for d in deadlines if d <= until), default=None)
         if target is None:
             return None
-        await self.advance_all(target)
+        await self.advance_all(target, statuses)
         self.figures.steps += 1
         return target
 
-    async def advance_all(self, target: datetime) -> None:
-        """One process after another, in the order given: those others call (the data services)
-        first, so a timer that calls another process finds it already at the new time."""
+    async def advance_all(self, target: datetime, statuses: Mapping[str, dict[str, Any]]) -> None:
+        """Every process to ``target``. Those with no timer due by then only move their clock: all
+        at once, first. Those with one fire it one after another, in the order given: those others
+        call (the data services) first, so a timer that calls another process finds it at the new
+        time already."""
         if self.clock_file is not None:
             _write_atomically(self.clock_file, utc_iso(target))
         self.now = target
+        to = {"to": utc_iso(target)}
+        due = [
+            name for name, s in statuses.items() if s["next_deadline"] and _time(s["next_deadline"]) <= target
+        ]
+        await asyncio.gather(
+            *(self.ask(name, "replay.advance", to) for name in self.clients if name not in due)
+        )
         for name in self.clients:
-            await self.ask(name, "replay.advance", {"to": utc_iso(target)})
+            if name in due:
+                await self.ask(name, "replay.advance", to)
 
     async def run(
         self, until: datetime, *, on_step: Callable[[datetime], Awaitable[None]] | None = None
@@ -148,8 +160,7 @@ class ReplayDriver:
         while (reached := await self.step(until)) is not None:
             if on_step is not None:
                 await on_step(reached)
-        await self.quiet()
-        await self.advance_all(until)
+        await self.advance_all(until, await self.quiet())
         await self.quiet()
         self.figures.wall_s += time.monotonic() - started
 

@@ -262,7 +262,7 @@ class MlModelService(BaseService):
         symbol, row, as_of = await self._inputs(features, symbol, as_of)
         scope = self._scope_for(symbol, name)
         model = self.loaded[(scope, name)]
-        p_up = float((await asyncio.to_thread(self._probabilities, model, row[None, :]))[0])
+        p_up = float((await asyncio.to_thread(model_probabilities, model, row[None, :]))[0])
         if symbol is not None:
             await self.tracking.record(
                 [PredictionRow(symbol, name, as_of.isoformat(), scope, model.version, p_up)], self.clock.now()
@@ -400,10 +400,12 @@ class MlModelService(BaseService):
         stored: list[PredictionRow] = []
         for scope, positions in groups.items():
             members = [m for (s, _n), m in self.loaded.items() if s == scope]
-            p_by_model = await asyncio.to_thread(self._all_probabilities, members, rows[positions])
+            p_by_model = await asyncio.to_thread(all_probabilities, members, rows[positions])
             for j, at in enumerate(positions):
                 symbol, _row, as_of = requests[at]
-                outputs[at] = self._combine(symbol, scope, as_of, members, [p[j] for p in p_by_model])
+                outputs[at] = ensemble_answer(
+                    symbol, scope, as_of, members, [p[j] for p in p_by_model], self.config.horizon
+                )
                 if symbol is not None:
                     stored.extend(
                         PredictionRow(symbol, m.name, as_of.isoformat(), scope, m.version, float(p[j]))
@@ -415,44 +417,6 @@ class MlModelService(BaseService):
             await self.tracking.record(stored, self.clock.now())
         self.stats.incr("ensemble.rows", len(requests))
         return outputs
-
-    def _combine(
-        self, symbol: str | None, scope: str, as_of: date, members: list[LoadedModel], p_up: list[float]
-    ) -> dict[str, Any]:
-        """The ensemble: mean P(up); agreement = share of models voting with it;
-        confidence = |2 P(up) - 1| x agreement (0 = a coin toss, 1 = every model certain)."""
-        p = float(np.mean(p_up))
-        direction = 1 if p >= 0.5 else 0
-        votes = [1 if q >= 0.5 else 0 for q in p_up]
-        agreement = sum(1 for v in votes if v == direction) / len(votes)
-        return {
-            "symbol": symbol,
-            "scope": scope,
-            "as_of": as_of.isoformat(),
-            "probability_up": round(p, 6),
-            "direction": "up" if direction else "down",
-            "agreement": round(agreement, 4),
-            "confidence": round(abs(2 * p - 1) * agreement, 6),
-            "horizon_days": self.config.horizon,
-            "models": {
-                m.name: {
-                    "version": m.version,
-                    "probability_up": round(float(q), 6),
-                    "direction": "up" if q >= 0.5 else "down",
-                    "probabilities": has_probabilities(m.model),
-                }
-                for m, q in zip(members, p_up, strict=True)
-            },
-        }
-
-    def _probabilities(self, model: LoadedModel, rows: np.ndarray) -> np.ndarray:
-        if has_probabilities(model.model):
-            return probability_up(model.model, rows)
-        overall = model.card.get("walk_forward", {}).get("overall", {}).get("model", {})
-        return vote_probability(model.model, rows, overall.get("balanced_accuracy"))
-
-    def _all_probabilities(self, members: list[LoadedModel], rows: np.ndarray) -> list[np.ndarray]:
-        return [self._probabilities(m, rows) for m in members]
 
     async def _live_features(self, symbol: str) -> tuple[date, dict[str, Any]]:
         since = self._today() - timedelta(days=self.config.history_days)
@@ -554,6 +518,54 @@ class MlModelService(BaseService):
             "scopes": sorted({s for s, _n in self.loaded}),
             "load_errors": len(self.load_errors),
         }
+
+
+def ensemble_answer(
+    symbol: str | None,
+    scope: str,
+    as_of: date,
+    members: list[LoadedModel],
+    p_up: list[float],
+    horizon_days: int,
+) -> dict[str, Any]:
+    """The ensemble: mean P(up); agreement = share of models voting with it;
+    confidence = |2 P(up) - 1| x agreement (0 = a coin toss, 1 = every model certain)."""
+    p = float(np.mean(p_up))
+    direction = 1 if p >= 0.5 else 0
+    votes = [1 if q >= 0.5 else 0 for q in p_up]
+    agreement = sum(1 for v in votes if v == direction) / len(votes)
+    return {
+        "symbol": symbol,
+        "scope": scope,
+        "as_of": as_of.isoformat(),
+        "probability_up": round(p, 6),
+        "direction": "up" if direction else "down",
+        "agreement": round(agreement, 4),
+        "confidence": round(abs(2 * p - 1) * agreement, 6),
+        "horizon_days": horizon_days,
+        "models": {
+            m.name: {
+                "version": m.version,
+                "probability_up": round(float(q), 6),
+                "direction": "up" if q >= 0.5 else "down",
+                "probabilities": has_probabilities(m.model),
+            }
+            for m, q in zip(members, p_up, strict=True)
+        },
+    }
+
+
+def model_probabilities(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
+    """P(up) for each row: the model's own probability, or its vote weighed by its walk-forward
+    balanced accuracy when it has none."""
+    if has_probabilities(model.model):
+        return probability_up(model.model, rows)
+    overall = model.card.get("walk_forward", {}).get("overall", {}).get("model", {})
+    return vote_probability(model.model, rows, overall.get("balanced_accuracy"))
+
+
+def all_probabilities(members: list[LoadedModel], rows: np.ndarray) -> list[np.ndarray]:
+    return [model_probabilities(m, rows) for m in members]
 
 
 def _wire(features: dict[str, Any]) -> dict[str, float | None]:

@@ -56,6 +56,38 @@ async def test_advance_fires_the_timers_on_the_way(home: TradingHome, redis: Emb
         await service.stop()
 
 
+class SlowTicker(Ticker):
+    """Its timer's work waits on a thread: the process is busy until that work is done."""
+
+    name = "ticker"
+
+    async def _start(self) -> None:
+        self.release = asyncio.Event()
+        self.spawn(self._tick(), name="tick")
+
+    async def _tick(self) -> None:
+        while True:
+            await self.clock.sleep(900)
+            await asyncio.to_thread(lambda: None)
+            await self.release.wait()
+
+
+async def test_a_process_is_busy_while_its_timer_work_runs(home: TradingHome, redis: EmbeddedRedis) -> None:
+    service = SlowTicker(load_settings(home, env={"REDIS_URL": redis.url}), clock=SimulatedClock(START))
+    await service.start()
+    try:
+        async with RpcClient(home.socket_path("ticker"), timeout=10) as client:
+            assert (await client.call("replay.status"))["busy"] is False
+            after = await client.call("replay.advance", {"to": (START + timedelta(minutes=15)).isoformat()})
+            assert after["busy"] is True  # no call in flight, no event unsent: still at work
+            assert (await client.call("replay.status"))["busy"] is True
+            service.release.set()
+            await asyncio.sleep(0.05)
+            assert (await client.call("replay.status"))["busy"] is False
+    finally:
+        await service.stop()
+
+
 async def test_a_service_on_the_real_clock_refuses(home: TradingHome, redis: EmbeddedRedis) -> None:
     service = Ticker(load_settings(home, env={"REDIS_URL": redis.url}))
     await service.start()

@@ -257,3 +257,32 @@ def test_utc_iso_strings_sort_as_times() -> None:
 def test_utc_iso_rejects_naive() -> None:
     with pytest.raises(ValueError, match="naive"):
         utc_iso(datetime(2024, 3, 4))
+
+
+async def test_a_woken_task_is_awake_until_it_sleeps_again_or_ends() -> None:
+    clock = SimulatedClock(START)
+    work_done = asyncio.Event()
+
+    async def periodic() -> None:
+        while True:
+            await clock.sleep(60)
+            await work_done.wait()  # the timer's work: a thread, a socket, another task
+            work_done.clear()
+
+    async def once() -> None:
+        await clock.sleep(60)
+
+    looping, single = asyncio.create_task(periodic()), asyncio.create_task(once())
+    await asyncio.sleep(0)
+    assert clock.awake == 0  # asleep on the clock is not awake
+    await clock.advance(60)
+    assert single.done()
+    assert clock.awake == 1  # the loop, still at its work; the ended task is not counted
+    work_done.set()
+    await asyncio.sleep(0)
+    assert clock.awake == 0  # back asleep until the next minute
+    await clock.advance(60)
+    assert clock.awake == 1
+    looping.cancel()
+    await asyncio.gather(looping, return_exceptions=True)
+    assert clock.awake == 0

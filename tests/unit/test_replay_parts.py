@@ -28,7 +28,7 @@ def test_the_replay_config_is_valid_toml_with_overrides_merged(tmp_path: Path) -
     read = tomllib.loads(toml_text(tables))
     assert read["market_data"]["source"] == "replay"
     assert read["paper_trading"] == {"symbols": ["CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"],
-                                     "check_interval_s": 3600.0, "buy_confidence": 0.35}  # fmt: skip
+                                     "check_interval_s": 86400.0, "buy_confidence": 0.35}  # fmt: skip
     assert read["sentiment"]["rss"] == {"enabled": False}
     assert "intraday_predictions" in read["scheduler"]["disable"]
 
