@@ -76,15 +76,14 @@ class SimulatedClock:
 
     async def sleep_until(self, when: datetime) -> None:
         when = _require_aware(when).astimezone(UTC)
-        task = asyncio.current_task()
-        if task is not None:
-            self._awake.discard(task)
         if when <= self._now:
             await asyncio.sleep(0)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._timers, (when, next(self._sequence), waiter))
+        task = asyncio.current_task()
         if task is not None:
+            self._awake.discard(task)
             self._sleepers[waiter] = task
         try:
             await waiter

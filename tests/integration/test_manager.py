@@ -32,7 +32,7 @@ import redis
 from services.base.config import TradingHome
 from services.management.manager_service import running_manager_pid
 from services.management.processes import ENV_HOME, OsProcessControl
-from services.management.service_manager import call
+from services.management.service_manager import call, settled_health
 from tests.conftest import ROOT, SAMPLE_SERVICE, service_env
 
 BACKOFF_S = 0.5
@@ -345,6 +345,30 @@ def test_a_service_crashing_at_start_up_becomes_fatal(stack: Stack) -> None:
     assert now["alpha"]["pid"] == alpha_pid
     assert now["alpha"]["restarts"] == 0
     assert not any(alive(pid) for pid in attempts)
+
+
+def test_settled_health_waits_for_what_the_manager_is_restarting(stack: Stack) -> None:
+    stack.configure(CHAIN)
+    stack.start()
+    before = stack.pids()
+    for victim in ("redis", "beta"):
+        os.kill(before[victim], signal.SIGKILL)
+    health = settled_health(stack.home)  # asked at once: both are still down
+    assert {entry["name"]: entry["status"] for entry in health} == dict.fromkeys(NAMES, "ok")
+    for entry in health:
+        if entry["report"] is not None:  # every service is connected to Redis again
+            assert entry["report"]["checks"]["redis"]["status"] == "ok"
+    after = stack.pids()
+    assert after["redis"] != before["redis"]
+    assert after["beta"] != before["beta"]
+
+
+def test_settled_health_does_not_wait_for_a_fatal_service(stack: Stack) -> None:
+    stack.configure({"alpha": Svc(), "broken": Svc(["--crash-at-start"])})
+    assert stack.ctl("start").returncode == 1
+    # A wait longer than this test's timeout: only giving up on a FATAL service lets it pass.
+    health = settled_health(stack.home, wait_s=600.0)
+    assert {entry["name"]: entry["status"] for entry in health}["broken"] == "down"
 
 
 def test_a_process_ignoring_sigterm_is_killed(stack: Stack) -> None:
