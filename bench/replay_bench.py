@@ -65,12 +65,13 @@ ROUNDS = ("09:30", "17:00")
 NO_NEWS = {"source": "none", "confidence": 0.0, "reason": "no news source in a replay"}
 
 
-def serving_models(models: Path, symbol: str) -> tuple[str, list[LoadedModel]]:
+def serving_models(models: Path, symbol: str, ml: MlModelConfig) -> tuple[str, list[LoadedModel]]:
     """The models the ml_model service would serve ``symbol`` with: its own, else the pooled ones."""
     registry = ModelRegistry(models)
+    label = {"horizon_days": ml.horizon, "threshold": ml.threshold}
     for scope in (symbol, POOLED):
         if scope in registry.scopes():
-            return scope, [registry.load(scope, name) for name in registry.model_names(scope)]
+            return scope, [registry.load(scope, name, label=label) for name in registry.model_names(scope)]
     raise SystemExit(f"no model for {symbol} in {models}")
 
 
@@ -99,7 +100,7 @@ def in_process(prices: Path, models: Path, first: date, last: date) -> tuple[int
     now = [datetime.now()]
     source = ReplaySource(prices, calendar, lambda: now[0])
     md, pred, ml = MarketDataConfig(), PredictionConfig(), MlModelConfig()
-    serving = {symbol: serving_models(models, symbol) for symbol in SYMBOLS}
+    serving = {symbol: serving_models(models, symbol, ml) for symbol in SYMBOLS}
     sessions = calendar.sessions_between(first, last)
     counts = {"BUY": 0, "HOLD": 0, "SELL": 0}
     seen: set[tuple[Any, ...]] = set()

@@ -58,7 +58,9 @@ class SimulatedClock:
 
     A woken task counts as ``awake`` until it sleeps on this clock again or ends: the work a
     timer started, including its waits on threads and sockets, which a replay must let finish
-    before it moves time on.
+    before it moves time on. So a task woken by this clock must come back to it or end: one that
+    goes on to wait for something else indefinitely keeps a replay from moving. ``track`` counts a
+    task as awake before any timer has woken it (a loop that works first and sleeps after).
     """
 
     def __init__(self, start: datetime) -> None:
@@ -90,10 +92,15 @@ class SimulatedClock:
         finally:
             self._sleepers.pop(waiter, None)
 
+    def track(self, task: asyncio.Task[object]) -> None:
+        """Count ``task`` as awake until it first sleeps on this clock (or ends)."""
+        self._awake.add(task)
+
     @property
     def awake(self) -> int:
-        """Tasks a timer woke that have neither slept on this clock again nor ended."""
-        return sum(1 for task in self._awake if not task.done())
+        """Tasks a timer woke (or ``track`` named) that have neither slept on this clock again nor ended."""
+        self._awake = {task for task in self._awake if not task.done()}
+        return len(self._awake)
 
     @property
     def pending_timers(self) -> int:
@@ -123,7 +130,6 @@ class SimulatedClock:
             task = self._sleepers.get(waiter)
             if task is not None:
                 self._awake.add(task)
-                task.add_done_callback(self._awake.discard)
             waiter.set_result(None)
             await _let_tasks_run()
         self._now = target

@@ -224,9 +224,17 @@ class BaseService:
         assert self._shutdown_requested is not None, "start() first"
         await self._shutdown_requested.wait()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        """Run a background task that is tracked, named, cancelled at stop, and logged if it fails."""
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], *, name: str, on_clock: bool = False
+    ) -> asyncio.Task[Any]:
+        """Run a background task that is tracked, named, cancelled at stop, and logged if it fails.
+
+        ``on_clock``: the task's work is paced by the clock (a loop that works, then sleeps on the
+        clock). On a simulated clock it counts as busy until it first sleeps, so a replay waits
+        for what a process does as it starts (a restarted one included)."""
         task = asyncio.create_task(coroutine, name=f"{self.name}:{name}")
+        if on_clock and isinstance(self.clock, SimulatedClock):
+            self.clock.track(task)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

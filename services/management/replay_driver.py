@@ -29,7 +29,10 @@ from services.base.clock import utc_iso
 from services.base.errors import CallTimeout, TemporaryError
 from services.base.rpc import RpcClient
 
-QUIET_POLLS = 2  # quiet this many polls in a row: work that hands on to another process has landed
+# Quiet this many polls in a row: work one process hands to another between two answers of a
+# poll (a call answered, an event written) shows in the next. (Redis pub/sub shows in none; in a
+# replay nothing acts on it outside a session, when no step publishes.)
+QUIET_POLLS = 2
 POLL_S = 0.005
 
 
@@ -105,9 +108,7 @@ class ReplayDriver:
                     await self.ask(name, "replay.advance", {"to": utc_iso(current)})
                 calm = 0
                 continue
-            busy = [
-                name for name, s in statuses.items() if s["in_flight"] or s["outbox_pending"] or s.get("busy")
-            ]
+            busy = [name for name, s in statuses.items() if _busy(s)]
             waiting = await self._backlog()
             calm = calm + 1 if not busy and not waiting else 0
             if calm >= QUIET_POLLS:
@@ -136,9 +137,9 @@ class ReplayDriver:
 
     async def advance_all(self, target: datetime, statuses: Mapping[str, dict[str, Any]]) -> None:
         """Every process to ``target``. Those with no timer due by then only move their clock: all
-        at once, first. Those with one fire it one after another, in the order given: those others
-        call (the data services) first, so a timer that calls another process finds it at the new
-        time already."""
+        at once, first. Those with one fire it one after another, in the order given, each once
+        the one before has finished what its timer started: those others call (the data services)
+        first, so a timer that calls another process finds it at the new time, done with its own."""
         if self.clock_file is not None:
             _write_atomically(self.clock_file, utc_iso(target))
         self.now = target
@@ -149,9 +150,21 @@ class ReplayDriver:
         await asyncio.gather(
             *(self.ask(name, "replay.advance", to) for name in self.clients if name not in due)
         )
-        for name in self.clients:
-            if name in due:
-                await self.ask(name, "replay.advance", to)
+        due_in_order = [name for name in self.clients if name in due]
+        for name in due_in_order:
+            status = await self.ask(name, "replay.advance", to)
+            if name != due_in_order[-1]:
+                await self._finished(name, status)
+
+    async def _finished(self, name: str, status: dict[str, Any]) -> None:
+        """Wait until ``name`` is done with the work its last step started."""
+        deadline = time.monotonic() + self.quiet_timeout_s
+        while _busy(status):
+            if time.monotonic() > deadline:
+                raise CallTimeout(f"{name} was still busy after {self.quiet_timeout_s:g}s")
+            self.figures.waits += 1
+            await asyncio.sleep(POLL_S)
+            status = await self.ask(name, "replay.status")
 
     async def run(
         self, until: datetime, *, on_step: Callable[[datetime], Awaitable[None]] | None = None
@@ -164,6 +177,10 @@ class ReplayDriver:
         await self.advance_all(until, await self.quiet())
         await self.quiet()
         self.figures.wall_s += time.monotonic() - started
+
+
+def _busy(status: Mapping[str, Any]) -> bool:
+    return bool(status["in_flight"] or status["outbox_pending"] or status.get("busy"))
 
 
 def _time(text: str) -> datetime:

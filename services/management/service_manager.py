@@ -405,7 +405,7 @@ def _replay_report(plan: ReplayPlan, figures: dict[str, Any]) -> int:
     directory = write_report(plan, report, prices, fills)
     print((directory / "report.md").read_text())
     print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
-    fine = all(entry["status"] in ("ok", "degraded") for entry in health)
+    fine = all(_settled(entry) for entry in health)
     return EXIT_OK if fine and reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
 
 

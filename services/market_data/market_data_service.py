@@ -84,7 +84,7 @@ class MarketDataService(BaseService):
         self.source = self._given_source or self._build_source()
         log.info("price source %s for %s", self.source.name, ", ".join(self.config.universe))
         if self.config.refresh_on_start:
-            self.spawn(self.refresh_all_data(), name="refresh-on-start")
+            self.spawn(self.refresh_all_data(), name="refresh-on-start", on_clock=True)
 
     def _build_source(self) -> PriceSource:
         if self.config.source == "yahoo":

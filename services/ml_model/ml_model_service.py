@@ -96,8 +96,8 @@ class MlModelService(BaseService):
             "models in use: %s",
             ", ".join(f"{s}/{n} {m.version}" for (s, n), m in self.loaded.items()) or "none",
         )
-        self.spawn(self._reload_forever(), name="reload")
-        self.spawn(self._score_forever(), name="score")
+        self.spawn(self._reload_forever(), name="reload", on_clock=True)
+        self.spawn(self._score_forever(), name="score", on_clock=True)
 
     async def _stop(self) -> None:
         if self._market_data is not None:
@@ -565,6 +565,7 @@ def model_probabilities(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
 
 
 def all_probabilities(members: list[LoadedModel], rows: np.ndarray) -> list[np.ndarray]:
+    """``model_probabilities`` of each member, in order."""
     return [model_probabilities(m, rows) for m in members]
 
 

@@ -113,7 +113,7 @@ class PaperTradingService(BaseService):
             SIGNALS_STREAM, CONSUMER_GROUP, f"paper_trading-{self.home.root.name}", self._on_signal
         )
         self.bus.subscribe(EventType.MARKET_DATA_UPDATED, self._on_price_update)
-        self.spawn(self._watch(), name="watch")
+        self.spawn(self._watch(), name="watch", on_clock=True)
 
     async def _stop(self) -> None:
         if self._market_data is not None:

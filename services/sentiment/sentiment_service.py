@@ -144,7 +144,7 @@ class SentimentService(BaseService):
             self.rss.health.status,
             self._articles_stored,
         )
-        self.spawn(self._prune_daily(), name="sentiment:prune")
+        self.spawn(self._prune_daily(), name="sentiment:prune", on_clock=True)
 
     async def _stop(self) -> None:
         in_flight = list(self._in_flight.values())

@@ -286,3 +286,24 @@ async def test_a_woken_task_is_awake_until_it_sleeps_again_or_ends() -> None:
     looping.cancel()
     await asyncio.gather(looping, return_exceptions=True)
     assert clock.awake == 0
+
+
+async def test_a_tracked_task_is_awake_until_it_first_sleeps() -> None:
+    clock = SimulatedClock(START)
+    started = asyncio.Event()
+
+    async def works_then_sleeps() -> None:
+        await started.wait()  # its first round of work, before any timer
+        await clock.sleep(60)
+
+    task = asyncio.create_task(works_then_sleeps())
+    clock.track(task)
+    await asyncio.sleep(0)
+    assert clock.awake == 1
+    started.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert clock.awake == 0
+    await clock.advance(60)
+    assert task.done()
+    assert clock.awake == 0
