@@ -169,8 +169,17 @@ def build_report(
             "index": buy_and_hold(plan, prices, INDEX),
         },
         "trades": len(fills),
-        "health": [{"name": h["name"], "status": h["status"], "error": h.get("error")} for h in health],
+        "health": [
+            {"name": h["name"], "status": h["status"], "error": h.get("error") or _not_ok(h)} for h in health
+        ],
     }
+
+
+def _not_ok(entry: Mapping[str, Any]) -> str | None:
+    """What a service's own health report says is not ok (e.g. the data it serves is stale)."""
+    checks = (entry.get("report") or {}).get("checks") or {}
+    said = [f"{name}: {c.get('detail')}" for name, c in checks.items() if c.get("status") != "ok"]
+    return "; ".join(said) or None
 
 
 def write_report(

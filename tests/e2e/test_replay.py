@@ -190,6 +190,9 @@ def check_whole(run: Run) -> None:
         "paper_trading": "ok",
         "scheduler": "ok",
     }  # fmt: skip  (sentiment: no news source in a replay)
+    why = {h["name"]: h["error"] for h in run.report["health"]}
+    assert "news_sources: marketaux: unavailable (disabled in config" in why["sentiment"]  # says why
+    assert why["prediction"] is None
     for name in ("report.md", "equity.html", "trades.csv"):
         assert (run.home.root / "report" / name).stat().st_size > 0
 
