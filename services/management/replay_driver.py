@@ -3,10 +3,10 @@
 Each step: wait until the stack is quiet (no calls in flight, no durable event unsent, no signal
 unread or unacknowledged on the stream, no timer's work unfinished), find the earliest timer any
 process has, and advance every process to it: those with no timer due together, then those with
-one, callees first. Every deadline of every process is a step: a process that
-fired a later timer first could ask another (market data) about a time that has not come, a
-look-ahead. So a replay's cost is the number of distinct deadlines: services on a replay clock
-should keep their periodic timers coarse.
+one, callees first. Every deadline of every process is a step: a process that fired a later
+timer first could ask another (market data) about a time that has not come, a look-ahead. So a
+replay's cost is the number of distinct deadlines: services on a replay clock should keep their
+periodic timers coarse.
 
 A process may die mid-replay (a crash, or a test killing it): the driver waits for the
 supervisor to bring it back, up to ``restart_timeout_s``. A restarted process reads the replay's

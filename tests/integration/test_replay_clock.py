@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -186,6 +187,47 @@ async def test_the_driver_moves_processes_together_through_their_timers(
         for client in clients.values():
             await client.close()
         for service in (caller, ticker, callee):
+            await service.stop()
+
+
+class Refresher(BaseService):
+    """Refreshes what it serves at 23:30 UTC every day, on a thread: the caller's time too."""
+
+    name = "callee"
+
+    async def _start(self) -> None:
+        self.version = 0
+        self.spawn(self._refresh_daily(), name="refresh", on_clock=True)
+
+    async def _refresh_daily(self) -> None:
+        while True:
+            now = self.clock.now()
+            fire = now.replace(hour=23, minute=30, second=0, microsecond=0)
+            await self.clock.sleep_until(fire if fire > now else fire + timedelta(days=1))
+            await asyncio.to_thread(time.sleep, 0.1)  # a slow refresh
+            self.version += 1
+
+    @rpc_method
+    async def work(self) -> int:
+        return self.version
+
+
+async def test_a_callee_finishes_its_timer_work_before_a_caller_due_at_the_same_time_fires(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    callee = Refresher(settings, clock=SimulatedClock(START))
+    caller = Caller(settings, clock=SimulatedClock(START))
+    for service in (callee, caller):
+        await service.start()
+    clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "caller")}
+    try:
+        await ReplayDriver(clients).run(START + timedelta(days=3))
+        assert caller.answers == [1, 2, 3]  # each day's refresh done before that day's call
+    finally:
+        for client in clients.values():
+            await client.close()
+        for service in (caller, callee):
             await service.stop()
 
 
