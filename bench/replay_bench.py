@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.asx.calendar import SYDNEY, AsxCalendar  # noqa: E402
 from services.asx.market_hours import sydney_time  # noqa: E402
+from services.base.errors import InvalidParams  # noqa: E402
 from services.market_data.config import MarketDataConfig  # noqa: E402
 from services.market_data.context import market_context as context_figures  # noqa: E402
 from services.market_data.csv_files import ReplaySource  # noqa: E402
@@ -50,12 +51,14 @@ from services.ml_model.ml_model_service import ensemble_answer, model_probabilit
 from services.ml_model.registry import POOLED, LoadedModel, ModelRegistry  # noqa: E402
 from services.prediction.config import PredictionConfig  # noqa: E402
 from services.prediction.decision import (  # noqa: E402
+    Input,
     context_for,
     decide,
     market_context,
     ml_input,
     sentiment_input,
     technical_input,
+    unavailable,
 )
 
 SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
@@ -95,6 +98,17 @@ def ml_answer(
     return ensemble_answer(symbol, scope, date.fromisoformat(as_of), members, p_up, ml.horizon)
 
 
+def ml_or_unavailable(
+    source: ReplaySource, calendar: AsxCalendar, ml: MlModelConfig, symbol: str, now: datetime,
+    models: tuple[str, list[LoadedModel]],
+) -> Input:  # fmt: skip
+    """The ML input, or none when the bars give no usable features (as ml_model refuses then)."""
+    try:
+        return ml_input(ml_answer(source, calendar, ml, symbol, now, models))
+    except (ValueError, InvalidParams) as exc:
+        return unavailable("ml", f"ml unavailable: {exc}")
+
+
 def in_process(prices: Path, models: Path, first: date, last: date) -> tuple[int, float, dict[str, int]]:
     calendar = AsxCalendar()
     now = [datetime.now()]
@@ -131,7 +145,7 @@ def in_process(prices: Path, models: Path, first: date, last: date) -> tuple[int
                 inputs = {
                     "technical": technical_input(answer, pred),
                     "sentiment": sentiment_input(NO_NEWS, pred),
-                    "ml": ml_input(ml_answer(source, calendar, ml, symbol, now[0], serving[symbol])),
+                    "ml": ml_or_unavailable(source, calendar, ml, symbol, now[0], serving[symbol]),
                 }
                 decision = decide(inputs, context_for(context, answer["price_time"], pred), pred)
                 made = (symbol, answer["price_time"], inputs["ml"].at, decision.signal, decision.combined)
