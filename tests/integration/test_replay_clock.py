@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -119,6 +122,29 @@ async def test_a_process_started_for_a_replay_runs_on_its_clock(
         service.stop()
 
 
+def next_2330(now: datetime) -> datetime:
+    """The next 23:30 UTC (10:30 in Sydney) after ``now``."""
+    fire = now.replace(hour=23, minute=30, second=0, microsecond=0)
+    return fire if fire > now else fire + timedelta(days=1)
+
+
+@contextlib.asynccontextmanager
+async def driven(*services: BaseService) -> AsyncIterator[ReplayDriver]:
+    """Start ``services`` (callees first) and drive them together; stop them afterwards."""
+    for service in services:
+        await service.start()
+    clients = {
+        service.name: RpcClient(service.home.socket_path(service.name), timeout=10) for service in services
+    }
+    try:
+        yield ReplayDriver(clients)
+    finally:
+        for client in clients.values():
+            await client.close()
+        for service in reversed(services):
+            await service.stop()
+
+
 class Callee(BaseService):
     name = "callee"
 
@@ -138,7 +164,7 @@ class Caller(BaseService):
     name = "caller"
 
     async def _start(self) -> None:
-        self.answers: list[str] = []
+        self.answers: list[Any] = []  # what the callee answered
         self.callee = RpcClient(self.home.socket_path("callee"), timeout=10)
         self.spawn(self._daily(), name="daily")
 
@@ -147,11 +173,7 @@ class Caller(BaseService):
 
     async def _daily(self) -> None:
         while True:
-            now = self.clock.now()
-            fire = now.replace(hour=23, minute=30, second=0, microsecond=0)
-            if fire <= now:
-                fire += timedelta(days=1)
-            await self.clock.sleep_until(fire)
+            await self.clock.sleep_until(next_2330(self.clock.now()))
             self.answers.append(await self.callee.call("work"))
 
 
@@ -162,11 +184,7 @@ async def test_the_driver_moves_processes_together_through_their_timers(
     callee = Callee(settings, clock=SimulatedClock(START))
     ticker = Ticker(settings, clock=SimulatedClock(START))
     caller = Caller(settings, clock=SimulatedClock(START))
-    for service in (callee, ticker, caller):
-        await service.start()
-    clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "ticker", "caller")}
-    try:
-        driver = ReplayDriver(clients)
+    async with driven(callee, ticker, caller) as driver:
         await driver.run(START + timedelta(days=3))
         # Three calls, each answered at the callee's own time, which is the caller's fire time.
         assert (
@@ -183,11 +201,6 @@ async def test_the_driver_moves_processes_together_through_their_timers(
         # Every deadline of any process is a step (the caller's fall on the ticker's quarter hours),
         # so no process runs ahead of one it asks: 288 steps for three days.
         assert driver.figures.steps == 3 * 24 * 4
-    finally:
-        for client in clients.values():
-            await client.close()
-        for service in (caller, ticker, callee):
-            await service.stop()
 
 
 class Refresher(BaseService):
@@ -201,9 +214,7 @@ class Refresher(BaseService):
 
     async def _refresh_daily(self) -> None:
         while True:
-            now = self.clock.now()
-            fire = now.replace(hour=23, minute=30, second=0, microsecond=0)
-            await self.clock.sleep_until(fire if fire > now else fire + timedelta(days=1))
+            await self.clock.sleep_until(next_2330(self.clock.now()))
             await asyncio.to_thread(time.sleep, 0.1)  # a slow refresh
             self.version += 1
 
@@ -218,17 +229,9 @@ async def test_a_callee_finishes_its_timer_work_before_a_caller_due_at_the_same_
     settings = load_settings(home, env={"REDIS_URL": redis.url})
     callee = Refresher(settings, clock=SimulatedClock(START))
     caller = Caller(settings, clock=SimulatedClock(START))
-    for service in (callee, caller):
-        await service.start()
-    clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "caller")}
-    try:
-        await ReplayDriver(clients).run(START + timedelta(days=3))
-        assert caller.answers == [1, 2, 3]  # each day's refresh done before that day's call
-    finally:
-        for client in clients.values():
-            await client.close()
-        for service in (caller, callee):
-            await service.stop()
+    async with driven(callee, caller) as driver:
+        await driver.run(START + timedelta(days=3))
+    assert caller.answers == [1, 2, 3]  # each day's refresh done before that day's call
 
 
 async def test_the_scheduler_fires_its_tasks_at_their_times_through_a_replay(
