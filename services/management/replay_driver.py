@@ -34,6 +34,8 @@ from services.base.rpc import RpcClient
 # replay nothing acts on it outside a session, when no step publishes.)
 QUIET_POLLS = 2
 POLL_S = 0.005
+# One try of a driver's call (the others are quick: a status, a clock moved, a book read).
+CALL_TIMEOUT_S = 30.0
 
 
 @dataclass(slots=True)
@@ -69,12 +71,19 @@ class ReplayDriver:
         self.now: datetime | None = None  # where the last step took every process
 
     async def ask(self, name: str, method: str, params: dict[str, Any] | None = None) -> Any:
-        """One call to a process, waiting out its restart if it is down."""
+        """One call to a process, waiting out its restart if it is down.
+
+        Each try gets ``CALL_TIMEOUT_S`` and, after a failure, a fresh connection: a call is
+        never left waiting on a connection to a process that died or will not answer it. Asking
+        again is safe: ``replay.status`` only reads, and ``replay.advance`` to where a process
+        already is does nothing."""
+        client = self.clients[name]
         deadline = time.monotonic() + self.restart_timeout_s
         while True:
             try:
-                return await self.clients[name].call(method, params)
+                return await client.call(method, params, timeout=CALL_TIMEOUT_S, idempotent=True)
             except (TemporaryError, OSError) as exc:
+                await client.close()
                 if time.monotonic() > deadline:
                     raise CallTimeout(
                         f"{name} did not come back within {self.restart_timeout_s:g}s: {exc}"

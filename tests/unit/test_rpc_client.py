@@ -360,3 +360,32 @@ async def test_method_unknown_to_discover_is_not_resent(socket_path: Path) -> No
             await client.call("m")
     assert flaky.count("m") == 1
     assert flaky.count("rpc.discover") == 1
+
+
+class LosesItsFirstConnection(RpcClient):
+    """Its first connection closes the moment it is made, before the call can use it."""
+
+    lost_one = False
+
+    async def _connect(self, deadline: float, method: str) -> Any:
+        protocol = await super()._connect(deadline, method)
+        if not self.lost_one:
+            self.lost_one = True
+            assert protocol.transport is not None
+            protocol.transport.close()
+            await protocol.closed  # connection_lost has run: nothing pending was there to fail
+        return protocol
+
+
+async def test_a_connection_lost_as_it_is_made_does_not_leave_the_call_waiting(
+    target: Target, socket_path: Path
+) -> None:
+    server = RpcServer(MethodTable.from_object(target), socket_path)
+    await server.start()
+    try:
+        async with LosesItsFirstConnection(socket_path, timeout=2.0) as client:
+            # Not sent on the dead connection (to wait there for the timeout): on a new one.
+            assert await client.call("add", {"a": 1, "b": 2}) == 3
+            assert client.lost_one
+    finally:
+        await server.close(0)

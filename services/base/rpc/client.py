@@ -168,6 +168,10 @@ class RpcClient:
         deadline = loop.time() + budget
         while True:
             protocol = await self._connected(deadline, method)
+            if not protocol.usable:
+                # Lost while this call waited to resume: what was pending there has already
+                # failed, and a request sent now would wait its whole timeout. Connect again.
+                continue
             request_id = next(self._ids)
             future: asyncio.Future[Any] = loop.create_future()
             protocol.pending[request_id] = future
