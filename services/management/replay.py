@@ -8,8 +8,8 @@ A replay runs in a ``TRADING_HOME`` of its own, with config written for it:
 - models trained on the bars before ``--from`` only (no look-ahead);
 - the intraday tasks off: the replay source has daily bars, so nothing changes within a session
   but the open, which the morning tasks already see;
-- coarse periodic timers (model reload and scoring daily, paper trading's watch hourly), since
-  every distinct timer is a step of the whole stack;
+- coarse periodic timers (model reload and scoring daily, paper trading's check once a session,
+  at the open), since every distinct timer is a step of the whole stack;
 - callers wait out a restarting dependency (``rpc.connect_attempts``) instead of degrading, so a
   crashed and restarted service does not change a decision.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+import tomli_w
 from redis.exceptions import RedisError
 
 from services.asx.calendar import SYDNEY
@@ -139,28 +140,9 @@ def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def toml_text(tables: Mapping[str, Any], prefix: str = "") -> str:
-    """Tables of strings, numbers, booleans and lists of those, as TOML."""
-    plain = {k: v for k, v in tables.items() if not isinstance(v, Mapping)}
-    nested = {k: v for k, v in tables.items() if isinstance(v, Mapping)}
-    lines = [f"[{prefix}]"] if prefix and plain else []
-    lines += [f"{key} = {_toml_value(value)}" for key, value in plain.items()]
-    text = "\n".join(lines) + ("\n\n" if lines else "")
-    for key, value in nested.items():
-        text += toml_text(value, f"{prefix}.{key}" if prefix else key)
-    return text
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {value!r} to config.toml")
+def config_text(plan: ReplayPlan) -> str:
+    """The replay home's ``config.toml``."""
+    return tomli_w.dumps(replay_tables(plan))
 
 
 def prepare_home(plan: ReplayPlan, progress: Callable[[str], None] = print) -> Settings:
@@ -173,7 +155,7 @@ def prepare_home(plan: ReplayPlan, progress: Callable[[str], None] = print) -> S
     home.create()
     if plan.synthetic:
         home.synthetic_marker.write_text("prices in this home are generated, not real\n")
-    home.config_file.write_text(toml_text(replay_tables(plan)))
+    home.config_file.write_text(config_text(plan))
     plan.clock_file.write_text(utc_iso(plan.begins_at))
     settings = load_settings(home, env={})
     train_models(plan, settings, progress)
@@ -215,7 +197,8 @@ async def drive(
     """Move every service from the plan's start to its end, paced by ``plan.speed``; the driver's
     figures (steps, waits, outages, wall_s) and the sessions replayed."""
     home = plan.home
-    clients = {name: RpcClient(home.socket_path(name), timeout=300.0, connect_attempts=1) for name in DRIVEN}
+    # One connect attempt: the driver's own retries wait out a restart (and it sets each call's timeout).
+    clients = {name: RpcClient(home.socket_path(name), connect_attempts=1) for name in DRIVEN}
     store = aioredis.Redis.from_url(redis_url(settings))
 
     async def backlog() -> int:

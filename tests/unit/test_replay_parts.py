@@ -12,7 +12,7 @@ from services.base.config import TradingHome
 from services.base.errors import ConfigError
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import RpcServer
-from services.management.replay import ReplayPlan, replay_tables, toml_text
+from services.management.replay import ReplayPlan, config_text
 from services.market_data.csv_files import read_price_csv
 from services.market_data.synthetic import write_synthetic_market
 
@@ -24,8 +24,7 @@ def plan(tmp_path: Path, **changes: object) -> ReplayPlan:
 
 
 def test_the_replay_config_is_valid_toml_with_overrides_merged(tmp_path: Path) -> None:
-    tables = replay_tables(plan(tmp_path, overrides={"paper_trading": {"buy_confidence": 0.35}}))
-    read = tomllib.loads(toml_text(tables))
+    read = tomllib.loads(config_text(plan(tmp_path, overrides={"paper_trading": {"buy_confidence": 0.35}})))
     assert read["market_data"]["source"] == "replay"
     assert read["paper_trading"] == {"symbols": ["CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"],
                                      "check_interval_s": 86400.0, "buy_confidence": 0.35}  # fmt: skip
