@@ -29,10 +29,11 @@ import psutil
 import pytest
 import redis
 
+from services.backtest.commands import settled_health
 from services.base.config import TradingHome
 from services.management.manager_service import running_manager_pid
 from services.management.processes import ENV_HOME, OsProcessControl
-from services.management.service_manager import call, settled_health
+from services.management.service_manager import call
 from tests.conftest import ROOT, SAMPLE_SERVICE, service_env
 
 BACKOFF_S = 0.5

@@ -18,7 +18,7 @@ from services.base.redis_server import EmbeddedRedis
 from services.base.rpc import rpc_method
 from services.base.rpc.client import RpcClient
 from services.base.service import BaseService
-from services.management.replay_driver import ReplayDriver
+from services.backtest.driver import ReplayDriver
 from services.scheduler.scheduler_service import SchedulerService
 from tests.conftest import ServiceProcess
 

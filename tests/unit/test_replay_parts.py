@@ -12,7 +12,7 @@ from services.base.config import TradingHome
 from services.base.errors import ConfigError
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import RpcServer
-from services.management.replay import ReplayPlan, config_text
+from services.backtest.replay import ReplayPlan, config_text
 from services.market_data.csv_files import read_price_csv
 from services.market_data.synthetic import write_synthetic_market
 

@@ -35,13 +35,13 @@ import tomli_w
 from redis.exceptions import RedisError
 
 from services.asx.calendar import SYDNEY
+from services.backtest.driver import ReplayDriver
 from services.base.clock import utc_iso
 from services.base.config import Settings, TradingHome, load_settings
 from services.base.errors import ConfigError
 from services.base.events import SIGNALS_STREAM
 from services.base.redis_server import redis_url
 from services.base.rpc import RpcClient
-from services.management.replay_driver import ReplayDriver
 
 # Callees before callers: the driver advances them in this order.
 DRIVEN = ("market_data", "sentiment", "ml_model", "prediction", "paper_trading", "scheduler")

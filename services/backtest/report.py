@@ -21,7 +21,7 @@ import orjson
 import pandas as pd
 
 from services.asx.calendar import SYDNEY
-from services.management.replay import INDEX, ReplayPlan
+from services.backtest.replay import INDEX, ReplayPlan
 from services.market_data.csv_files import read_price_csv
 
 # A prediction is judged on the close this many sessions after the one its price came from.
