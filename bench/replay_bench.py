@@ -42,7 +42,7 @@ from services.asx.market_hours import sydney_time  # noqa: E402
 from services.base.errors import InvalidParams  # noqa: E402
 from services.market_data.config import MarketDataConfig  # noqa: E402
 from services.market_data.context import market_context as context_figures  # noqa: E402
-from services.market_data.csv_files import ReplaySource  # noqa: E402
+from services.market_data.csv_files import ClockedCsvSource  # noqa: E402
 from services.market_data.indicators import indicators, volume_figures  # noqa: E402
 from services.market_data.synthetic import write_synthetic_market  # noqa: E402
 from services.ml_model.config import MlModelConfig  # noqa: E402
@@ -79,7 +79,7 @@ def serving_models(models: Path, symbol: str, ml: MlModelConfig) -> tuple[str, l
 
 
 def ml_answer(
-    source: ReplaySource, calendar: AsxCalendar, ml: MlModelConfig, symbol: str, now: datetime,
+    source: ClockedCsvSource, calendar: AsxCalendar, ml: MlModelConfig, symbol: str, now: datetime,
     models: tuple[str, list[LoadedModel]],
 ) -> dict[str, Any]:  # fmt: skip
     """What ``get_ensemble_prediction`` answers: features of the last closed session's bars."""
@@ -99,7 +99,7 @@ def ml_answer(
 
 
 def ml_or_unavailable(
-    source: ReplaySource, calendar: AsxCalendar, ml: MlModelConfig, symbol: str, now: datetime,
+    source: ClockedCsvSource, calendar: AsxCalendar, ml: MlModelConfig, symbol: str, now: datetime,
     models: tuple[str, list[LoadedModel]],
 ) -> Input:  # fmt: skip
     """The ML input, or none when the bars give no usable features (as ml_model refuses then)."""
@@ -112,7 +112,7 @@ def ml_or_unavailable(
 def in_process(prices: Path, models: Path, first: date, last: date) -> tuple[int, float, dict[str, int]]:
     calendar = AsxCalendar()
     now = [datetime.now()]
-    source = ReplaySource(prices, calendar, lambda: now[0])
+    source = ClockedCsvSource(prices, calendar, lambda: now[0])
     md, pred, ml = MarketDataConfig(), PredictionConfig(), MlModelConfig()
     serving = {symbol: serving_models(models, symbol, ml) for symbol in SYMBOLS}
     sessions = calendar.sessions_between(first, last)

@@ -112,7 +112,7 @@ def replay_tables(plan: ReplayPlan) -> dict[str, Any]:
     symbols = list(plan.symbols)
     tables: dict[str, Any] = {
         "rpc": {"connect_attempts": 12},
-        "market_data": {"source": "replay", "csv_dir": str(plan.prices.absolute()), "symbols": symbols},
+        "market_data": {"source": "clocked_csv", "csv_dir": str(plan.prices.absolute()), "symbols": symbols},
         "sentiment": {"symbols": symbols, "marketaux": {"enabled": False}, "rss": {"enabled": False}},
         "ml_model": {
             "symbols": symbols,

@@ -2,7 +2,7 @@
 
 The bar key is text that sorts as time: the session date (``2024-01-02``) for daily bars, the UTC
 start (``utc_iso``) for intraday ones. A field a source did not give is NaN: a ``null`` row has
-no prices at all, and a replayed bar of a session still in progress has only its open.
+no prices at all, and a clocked bar of a session still in progress has only its open.
 """
 
 from __future__ import annotations

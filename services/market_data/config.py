@@ -26,8 +26,9 @@ class YahooConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarketDataConfig:
-    # yahoo: live from Yahoo Finance. csv: files in csv_dir. replay: csv_dir seen through the clock.
-    source: Literal["yahoo", "csv", "replay"] = "yahoo"
+    # yahoo: live from Yahoo Finance. csv: files in csv_dir. clocked_csv: csv_dir seen through the clock
+    # (a bar's open from its session's open, the rest from its close), for running history.
+    source: Literal["yahoo", "csv", "clocked_csv"] = "yahoo"
     csv_dir: str = ""
     symbols: tuple[str, ...] = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
     context_symbol: str = "^AXJO"
@@ -63,7 +64,7 @@ class MarketDataConfig:
             raise ValueError(f"intervals: unknown {unknown}; choose from {sorted(INTERVALS)}")
         if "1d" not in self.intervals:
             raise ValueError("intervals must include '1d'")
-        if self.source in ("csv", "replay") and not self.csv_dir:
+        if self.source in ("csv", "clocked_csv") and not self.csv_dir:
             raise ValueError(f"source {self.source!r} needs csv_dir, the directory of <SYMBOL>.csv files")
         if self.analysis_bars < 250:
             raise ValueError("analysis_bars must be at least 250 (SMA 200 plus warm-up)")

@@ -1,4 +1,4 @@
-"""Daily price files in Yahoo's export format, and the CSV-directory and replay sources over them.
+"""Daily price files in Yahoo's export format, and the CSV-directory and clocked CSV sources over them.
 
 The files users have vary: dates with a timezone, no ``Adj Close``, extra ``Dividends`` and
 ``Stock Splits`` columns, ``null`` rows, yfinance's three-line multi-index header, newest first.
@@ -196,7 +196,7 @@ class _Timeline:
     all_known: list[datetime]  # when its high, low, close and volume did
 
 
-class ReplaySource:
+class ClockedCsvSource:
     """A price directory seen through the clock: only what was known at ``now()`` is visible.
 
     A session's bar shows its open from the session's open, and its high, low, close and volume
@@ -204,7 +204,7 @@ class ReplaySource:
     (a bad row in the file) becomes visible at the end of that day in Sydney.
     """
 
-    name = "replay"
+    name = "clocked_csv"
     intervals = frozenset({DAILY})
     local = True
 

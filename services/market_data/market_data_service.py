@@ -30,7 +30,7 @@ from services.base.service import BaseService, Check
 from services.market_data.bars import COLUMNS, DAILY, complete, key_date, to_columns, to_records
 from services.market_data.config import MarketDataConfig
 from services.market_data.context import NotEnoughHistory, market_context
-from services.market_data.csv_files import CsvSource, ReplaySource
+from services.market_data.csv_files import CsvSource, ClockedCsvSource
 from services.market_data.indicators import indicators, volume_figures
 from services.market_data.quality import assess_quality
 from services.market_data.schema import MIGRATIONS
@@ -94,7 +94,7 @@ class MarketDataService(BaseService):
             raise ConfigError(f"market_data.csv_dir: {directory} is not a directory")
         if self.config.source == "csv":
             return CsvSource(directory)
-        return ReplaySource(directory, self.calendar, self.clock.now)
+        return ClockedCsvSource(directory, self.calendar, self.clock.now)
 
     async def _stop(self) -> None:
         for task in self._refreshing.values():

@@ -1,7 +1,7 @@
 """A generated ASX market for the offline demo: deterministic, and labelled SYNTHETIC wherever it
 shows (the home it lives in carries the marker; see ``TradingHome.synthetic``).
 
-Daily bars on real ASX sessions, in Yahoo's CSV format, so the ``replay`` source reads them like
+Daily bars on real ASX sessions, in Yahoo's CSV format, so the ``clocked_csv`` source reads them like
 real files: an index (^AXJO) as a geometric random walk with slow regime changes, and each stock
 as beta times the index plus its own noise, with overnight gaps and volume that rises on big
 moves. Nothing here pretends to be a forecast of anything.

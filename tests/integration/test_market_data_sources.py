@@ -1,4 +1,4 @@
-"""The market data service in-process with a simulated clock: replay without look-ahead, and Yahoo
+"""The market data service in-process with a simulated clock: history through the clock without look-ahead, and Yahoo
 through its adapter seam (recorded-style frames, then an outage)."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ async def running() -> AsyncIterator[list[MarketDataService]]:
 
 
 @pytest.mark.skipif(not PRICES.is_dir(), reason="the shared price files are not here")
-async def test_replay_shows_only_what_was_known(
+async def test_clocked_csv_shows_only_what_was_known(
     home: TradingHome, redis: EmbeddedRedis, tmp_path: Path, running: list[MarketDataService]
 ) -> None:
     prices = tmp_path / "prices"
@@ -50,7 +50,7 @@ async def test_replay_shows_only_what_was_known(
         shutil.copy(PRICES / name, prices / name)
     # Monday 2019-09-30, 11:00 in Sydney: the session opened an hour ago.
     clock = SimulatedClock(datetime(2019, 9, 30, 1, 0, tzinfo=UTC))
-    settings = settings_for(home, redis, source="replay", csv_dir=str(prices), symbols='["CBA.AX"]')
+    settings = settings_for(home, redis, source="clocked_csv", csv_dir=str(prices), symbols='["CBA.AX"]')
     service = MarketDataService(settings, clock=clock, calendar=CALENDAR)
     running.append(service)
     await service.start()

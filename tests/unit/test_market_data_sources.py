@@ -1,4 +1,4 @@
-"""Price sources: reading Yahoo-format CSV files, the CSV and replay sources, Yahoo through its seam."""
+"""Price sources: reading Yahoo-format CSV files, the CSV and clocked CSV sources, Yahoo through its seam."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from services.market_data.csv_files import (
     CsvDirectory,
     CsvFormatError,
     CsvSource,
-    ReplaySource,
+    ClockedCsvSource,
     read_price_csv,
 )
 from services.market_data.sources import DataUnavailable
@@ -325,7 +325,7 @@ async def test_csv_source_has_daily_bars_only(tmp_path: Path) -> None:
         await source.fetch("X", "1h", date(2024, 1, 1), datetime(2024, 1, 3, tzinfo=UTC))
 
 
-# ReplaySource -------------------------------------------------------------------------------------
+# ClockedCsvSource -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -342,12 +342,12 @@ class Now:
 
 
 @pytest.fixture
-def replay(calendar: AsxCalendar) -> tuple[ReplaySource, Now]:
+def clocked(calendar: AsxCalendar) -> tuple[ClockedCsvSource, Now]:
     now = Now(datetime(2019, 9, 29, tzinfo=UTC))
-    return ReplaySource(shared_prices(), calendar, now), now
+    return ClockedCsvSource(shared_prices(), calendar, now), now
 
 
-async def visible(source: ReplaySource, symbol: str, now: datetime) -> pd.DataFrame:
+async def visible(source: ClockedCsvSource, symbol: str, now: datetime) -> pd.DataFrame:
     # An end far after now: what is visible must depend on the clock, not on the end asked for.
     return await source.fetch(symbol, "1d", now.date() - timedelta(days=20), now + timedelta(days=30))
 
@@ -356,16 +356,16 @@ def cba_row(key: str) -> dict[str, float]:
     return row(read_price_csv(shared_prices() / "CBA.AX.csv"), key)
 
 
-async def test_replay_before_the_open_shows_the_previous_session(replay: tuple[ReplaySource, Now]) -> None:
-    source, now = replay
+async def test_clocked_before_the_open_shows_the_previous_session(clocked: tuple[ClockedCsvSource, Now]) -> None:
+    source, now = clocked
     now.when = datetime(2019, 9, 29, 23, 59, 59, tzinfo=UTC)  # 09:59:59 on 30 September in Sydney
     bars = await visible(source, "CBA.AX", now.when)
     assert bars.index[-1] == "2019-09-27"
     assert row(bars, "2019-09-27") == cba_row("2019-09-27")
 
 
-async def test_replay_during_the_session_shows_only_the_open(replay: tuple[ReplaySource, Now]) -> None:
-    source, now = replay
+async def test_clocked_during_the_session_shows_only_the_open(clocked: tuple[ClockedCsvSource, Now]) -> None:
+    source, now = clocked
     expected = cba_row("2019-09-30")
     for when in (datetime(2019, 9, 30, 0, 0, tzinfo=UTC), datetime(2019, 9, 30, 1, 0, tzinfo=UTC)):
         now.when = when
@@ -378,8 +378,8 @@ async def test_replay_during_the_session_shows_only_the_open(replay: tuple[Repla
         assert row(bars, "2019-09-27") == cba_row("2019-09-27")
 
 
-async def test_replay_at_and_after_the_close_shows_the_whole_bar(replay: tuple[ReplaySource, Now]) -> None:
-    source, now = replay
+async def test_clocked_at_and_after_the_close_shows_the_whole_bar(clocked: tuple[ClockedCsvSource, Now]) -> None:
+    source, now = clocked
     now.when = datetime(2019, 9, 30, 5, 59, 59, tzinfo=UTC)
     assert math.isnan((await visible(source, "CBA.AX", now.when)).at["2019-09-30", "close"])
     for when in (datetime(2019, 9, 30, 6, 0, tzinfo=UTC), datetime(2019, 9, 30, 9, 0, tzinfo=UTC)):
@@ -390,8 +390,8 @@ async def test_replay_at_and_after_the_close_shows_the_whole_bar(replay: tuple[R
         assert bars.at["2019-09-30", "close"] == pytest.approx(80.83000183105469)
 
 
-async def test_replay_early_close(replay: tuple[ReplaySource, Now]) -> None:
-    source, now = replay  # 24 December 2019 closed at 14:10 in Sydney (AEDT), 03:10 UTC
+async def test_clocked_early_close(clocked: tuple[ClockedCsvSource, Now]) -> None:
+    source, now = clocked  # 24 December 2019 closed at 14:10 in Sydney (AEDT), 03:10 UTC
     now.when = datetime(2019, 12, 24, 3, 0, tzinfo=UTC)
     bars = await visible(source, "CBA.AX", now.when)
     assert bars.index[-1] == "2019-12-24"
@@ -403,10 +403,10 @@ async def test_replay_early_close(replay: tuple[ReplaySource, Now]) -> None:
     assert row(bars, "2019-12-24") == cba_row("2019-12-24")
 
 
-async def test_replay_row_on_a_non_session_day_shows_at_the_end_of_that_day(
-    replay: tuple[ReplaySource, Now],
+async def test_clocked_row_on_a_non_session_day_shows_at_the_end_of_that_day(
+    clocked: tuple[ClockedCsvSource, Now],
 ) -> None:
-    source, now = replay  # ANZ has a blank row dated Sunday 12 November 2000 (AEDT, UTC+11)
+    source, now = clocked  # ANZ has a blank row dated Sunday 12 November 2000 (AEDT, UTC+11)
     now.when = datetime(2000, 11, 12, 12, 59, 59, tzinfo=UTC)
     bars = await visible(source, "ANZ.AX", now.when)
     assert bars.index[-1] == "2000-11-10"
@@ -426,10 +426,10 @@ async def test_replay_row_on_a_non_session_day_shows_at_the_end_of_that_day(
         ("ANZ.AX", datetime(2000, 11, 9, 0, 0, tzinfo=UTC)),  # the row dated on a Sunday
     ],
 )
-async def test_replay_never_shows_the_future(
-    replay: tuple[ReplaySource, Now], calendar: AsxCalendar, symbol: str, first: datetime
+async def test_clocked_never_shows_the_future(
+    clocked: tuple[ClockedCsvSource, Now], calendar: AsxCalendar, symbol: str, first: datetime
 ) -> None:
-    source, now = replay
+    source, now = clocked
     seen = set()
     for step in range(48):
         now.when = first + timedelta(minutes=157 * step)
@@ -767,7 +767,7 @@ def test_config_requires_daily_interval() -> None:
         MarketDataConfig(intervals=("1h",))
 
 
-@pytest.mark.parametrize("source", ["csv", "replay"])
+@pytest.mark.parametrize("source", ["csv", "clocked_csv"])
 def test_config_file_sources_need_csv_dir(source: str) -> None:
     with pytest.raises(ValueError, match="needs csv_dir"):
         MarketDataConfig(source=source)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ def plan(tmp_path: Path, **changes: object) -> ReplayPlan:
 
 def test_the_replay_config_is_valid_toml_with_overrides_merged(tmp_path: Path) -> None:
     read = tomllib.loads(config_text(plan(tmp_path, overrides={"paper_trading": {"buy_confidence": 0.35}})))
-    assert read["market_data"]["source"] == "replay"
+    assert read["market_data"]["source"] == "clocked_csv"
     assert read["paper_trading"] == {"symbols": ["CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"],
                                      "check_interval_s": 86400.0, "buy_confidence": 0.35}  # fmt: skip
     assert read["sentiment"]["rss"] == {"enabled": False}
