@@ -7,6 +7,7 @@ where the price sits in its Bollinger Bands). A value that needs more bars than 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,32 @@ def indicators(as_of: str, close: np.ndarray, high: np.ndarray, low: np.ndarray)
     """``technical_analysis`` over arrays of complete bars, oldest first; ``as_of`` is the last bar's key."""
     if len(close) < 2:
         raise ValueError("technical analysis needs at least 2 bars")
+    return indicators_at(indicator_series(close, high, low), len(close) - 1, as_of)
 
-    rsi = talib.RSI(close, timeperiod=RSI_PERIOD)
+
+@dataclass(frozen=True, slots=True)
+class IndicatorSeries:
+    """Every indicator over a whole series of complete bars: one TA-Lib pass, read at any bar."""
+
+    close: np.ndarray
+    rsi: np.ndarray
+    macd: np.ndarray
+    macd_signal: np.ndarray
+    histogram: np.ndarray
+    upper: np.ndarray
+    middle: np.ndarray
+    lower: np.ndarray
+    sma: dict[int, np.ndarray]
+    ema: dict[int, np.ndarray]
+    atr: np.ndarray
+
+
+def indicator_series(close: np.ndarray, high: np.ndarray, low: np.ndarray) -> IndicatorSeries:
+    """The indicators of every bar, each from that bar and the ones before it.
+
+    The moving averages and bands are exact at every bar; RSI, MACD, EMA and ATR are recursive, so
+    their value at a bar depends a little on where the series starts: after 250 bars of warm-up the
+    difference from a series started elsewhere is below 1e-8 of the value."""
     macd, signal, histogram = talib.MACD(
         close, fastperiod=MACD_FAST, slowperiod=MACD_SLOW, signalperiod=MACD_SIGNAL
     )
@@ -60,20 +85,37 @@ def indicators(as_of: str, close: np.ndarray, high: np.ndarray, low: np.ndarray)
         nbdevup=BOLLINGER_DEVIATIONS,
         nbdevdn=BOLLINGER_DEVIATIONS,
     )  # the middle band is TA-Lib's default, a simple moving average
-    sma = {period: value(talib.SMA(close, timeperiod=period)[-1]) for period in SMA_PERIODS}
-    ema = {period: value(talib.EMA(close, timeperiod=period)[-1]) for period in EMA_PERIODS}
-    atr = value(talib.ATR(high, low, close, timeperiod=ATR_PERIOD)[-1])
-    price = float(close[-1])
+    return IndicatorSeries(
+        close=close,
+        rsi=talib.RSI(close, timeperiod=RSI_PERIOD),
+        macd=macd,
+        macd_signal=signal,
+        histogram=histogram,
+        upper=upper,
+        middle=middle,
+        lower=lower,
+        sma={period: talib.SMA(close, timeperiod=period) for period in SMA_PERIODS},
+        ema={period: talib.EMA(close, timeperiod=period) for period in EMA_PERIODS},
+        atr=talib.ATR(high, low, close, timeperiod=ATR_PERIOD),
+    )
 
-    rsi_now = value(rsi[-1])
-    hist_now, hist_before = value(histogram[-1]), value(histogram[-2])
+
+def indicators_at(series: IndicatorSeries, i: int, as_of: str) -> dict[str, Any]:
+    """The indicators as of bar ``i`` (0-based, at least 1) of ``series``, with their labels."""
+    sma = {period: value(values[i]) for period, values in series.sma.items()}
+    ema = {period: value(values[i]) for period, values in series.ema.items()}
+    atr = value(series.atr[i])
+    price = float(series.close[i])
+
+    rsi_now = value(series.rsi[i])
+    hist_now, hist_before = value(series.histogram[i]), value(series.histogram[i - 1])
     crossover = None
     if hist_now is not None and hist_before is not None:
         if hist_before <= 0 < hist_now:
             crossover = "bullish"
         elif hist_before >= 0 > hist_now:
             crossover = "bearish"
-    band_top, band_mid, band_bottom = value(upper[-1]), value(middle[-1]), value(lower[-1])
+    band_top, band_mid, band_bottom = value(series.upper[i]), value(series.middle[i]), value(series.lower[i])
     percent_b = bandwidth = None
     if band_top is not None and band_bottom is not None and band_mid:
         width = band_top - band_bottom
@@ -84,11 +126,11 @@ def indicators(as_of: str, close: np.ndarray, high: np.ndarray, low: np.ndarray)
     return {
         "as_of": as_of,
         "price": price,
-        "bars_used": len(close),
+        "bars_used": i + 1,
         "rsi": {"value": rsi_now, "period": RSI_PERIOD, "zone": _rsi_zone(rsi_now)},
         "macd": {
-            "macd": value(macd[-1]),
-            "signal": value(signal[-1]),
+            "macd": value(series.macd[i]),
+            "signal": value(series.macd_signal[i]),
             "histogram": hist_now,
             "momentum": None if hist_now is None else "bullish" if hist_now > 0 else "bearish",
             "crossover": crossover,

@@ -35,11 +35,11 @@ from services.base.outbox import Inbox
 from services.base.rpc import RpcClient, rpc_method
 from services.base.service import BaseService, Check, ServiceState
 from services.base.symbols import configured_symbol
-from services.paper_trading import ledger
+from services.paper_trading import engine, ledger
 from services.paper_trading.analytics import ClosedTrade, max_drawdown, ratios, trade_statistics
 from services.paper_trading.config import PaperTradingConfig
 from services.paper_trading.ledger import Fill, dollars, to_price
-from services.paper_trading.rules import Costs, Portfolio, buy_quantity, check_buy
+from services.paper_trading.rules import Costs, Portfolio
 from services.paper_trading.schema import MIGRATIONS
 
 log = logging.getLogger("services.paper_trading")
@@ -90,6 +90,9 @@ class PaperTradingService(BaseService):
         self.take_profit = Decimal(str(self.config.take_profit))
         # Every change of the book runs under this lock: signals, timer, RPC and stops interleave.
         self._book = asyncio.Lock()
+        # A round of the open's work (waiting orders, then stops) is not interleaved with the stop
+        # check a price update starts: the order of fills is the engine's, as in the back-test.
+        self._round = asyncio.Lock()
         self._market_data: RpcClient | None = None
         self._quotes: dict[str, Quote] = {}
         self._last_price_error: str | None = None
@@ -129,8 +132,9 @@ class PaperTradingService(BaseService):
                 await self.clock.sleep_until(upcoming.open if upcoming else now + timedelta(days=1))
                 continue
             try:
-                await self._work_pending()
-                await self._check_stops(None)
+                async with self._round:
+                    await self._work_pending()
+                    await self._check_stops(None)
             except Exception:  # logged; the next round tries again
                 log.exception("checking orders and stops failed")
             await self.clock.sleep(self.config.check_interval_s)
@@ -172,36 +176,29 @@ class PaperTradingService(BaseService):
     def _decide(
         self, conn: sqlite3.Connection, symbol: str, action: str, confidence: float, now: datetime
     ) -> tuple[str, int | None] | str:
-        """(side, quantity) of the order a signal makes, or why it makes none. Orders still
-        waiting count: a second BUY is not a second position, and a SELL cancels a waiting BUY."""
-        if symbol not in self.config.symbols:
-            return "unknown_symbol"
-        held = ledger.positions(conn).get(symbol)
+        """(side, quantity) of the order a signal makes, or why it makes none (``engine.on_signal``)."""
         waiting = dict(
             conn.execute(
                 "SELECT side, id FROM orders WHERE symbol = ? AND status = 'pending' AND origin = 'signal'",
                 (symbol,),
             ).fetchall()
         )
-        if action == "BUY":
-            if confidence < self.config.buy_confidence:
-                return "low_confidence"
-            if held is not None or "BUY" in waiting:
-                return "already_open"
-            return "BUY", None
-        if action == "SELL":
-            if "BUY" in waiting:
-                ledger.set_order(conn, waiting["BUY"], "cancelled", "cancelled by a SELL signal", now)
-                return "cancelled_waiting_buy"
-            if held is None or "SELL" in waiting:
-                return "nothing_open"
-            return "SELL", held.quantity
-        return "hold"
+        outcome = engine.on_signal(
+            symbol, action, confidence, held=ledger.positions(conn).get(symbol),
+            waiting=frozenset(waiting), config=self.config,
+        )  # fmt: skip
+        if isinstance(outcome, engine.CancelWaitingBuy):
+            ledger.set_order(conn, waiting["BUY"], "cancelled", "cancelled by a SELL signal", now)
+            return outcome.reason
+        if isinstance(outcome, engine.Ignored):
+            return outcome.reason
+        return outcome.side, outcome.quantity
 
     async def _on_price_update(self, event: Event) -> None:
         symbol = event.data.get("symbol")
         if symbol in self.config.symbols and self._market_open():
-            await self._check_stops(str(symbol))
+            async with self._round:
+                await self._check_stops(str(symbol))
 
     # -- orders ---------------------------------------------------------------------------
 
@@ -282,29 +279,19 @@ class PaperTradingService(BaseService):
         day_start: int,
         now: datetime,
     ) -> Fill:
-        symbol, side = order["symbol"], order["side"]
-        price = self.costs.fill_price(quote.price, side)
-        common = {"order_id": order["id"], "symbol": symbol, "price": price, "market_price": quote.price,
-                  "price_time": quote.price_time, "reason": order["origin"], "now": now}  # fmt: skip
-        if side == "SELL":
-            if held is None:
-                raise Rejected(f"no open {symbol} position to sell", reason="no_position")
-            quantity = min(order["quantity"] or held.quantity, held.quantity)
-            if order["quantity"] and order["quantity"] > held.quantity:
-                raise Rejected(f"selling {order['quantity']} {symbol} but holding {held.quantity}",
-                               reason="quantity_above_position")  # fmt: skip
-            value = ledger.cents_of(price * quantity)
-            return ledger.sell(
-                conn, quantity=quantity, commission=self.costs.commission_cents(value), **common
-            )
-        if held is not None and order["origin"] == "signal":
-            raise Rejected(f"a {symbol} position is already open", reason="position_open")
-        portfolio = self._portfolio(conn, marks, day_start)
-        quantity = order["quantity"] or buy_quantity(portfolio, price, self.config)
-        held_value = _value(held, marks) if held is not None else 0
-        _value_cents, commission = check_buy(portfolio, quantity, price, held_value, self.costs, self.config)
-        return ledger.buy(conn, quantity=quantity, commission=commission, stop_loss=self.stop_loss,
-                          take_profit=self.take_profit, **common)  # fmt: skip
+        symbol = order["symbol"]
+        plan = engine.plan_fill(
+            symbol=symbol, side=order["side"], quantity=order["quantity"], origin=order["origin"],
+            held=held, market_price=quote.price, portfolio=self._portfolio(conn, marks, day_start),
+            held_value_cents=_value(held, marks) if held is not None else 0, costs=self.costs,
+            config=self.config,
+        )  # fmt: skip
+        common = {"order_id": order["id"], "symbol": symbol, "quantity": plan.quantity, "price": plan.price,
+                  "market_price": plan.market_price, "price_time": quote.price_time,
+                  "commission": plan.commission_cents, "reason": order["origin"], "now": now}  # fmt: skip
+        if plan.side == "SELL":
+            return ledger.sell(conn, **common)
+        return ledger.buy(conn, stop_loss=self.stop_loss, take_profit=self.take_profit, **common)
 
     async def _wait(self, order_id: int, reason: str) -> dict[str, Any]:
         return await self._finish(order_id, "pending", reason)
@@ -327,7 +314,10 @@ class PaperTradingService(BaseService):
     async def _work_pending(self) -> None:
         pending = await self._db(
             lambda conn: [
-                r[0] for r in conn.execute("SELECT id FROM orders WHERE status = 'pending' ORDER BY id")
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM orders WHERE status = 'pending' ORDER BY {engine.PENDING_ORDER}"
+                )
             ]
         )
         for order_id in pending:
@@ -349,11 +339,7 @@ class PaperTradingService(BaseService):
                 continue
             if quote.price_time != session.date.isoformat():
                 continue  # yesterday's close says nothing about today's stops
-            reason = (
-                "stop_loss" if quote.price <= position.stop_price
-                else "take_profit" if quote.price >= position.take_profit_price
-                else None
-            )  # fmt: skip
+            reason = engine.stop_exit(position, quote.price)
             if reason is None:
                 continue
             now = self.clock.now()
