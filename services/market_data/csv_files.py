@@ -1,9 +1,11 @@
 """Daily price files in Yahoo's export format, and the CSV-directory and clocked CSV sources over them.
 
-The files users have vary: dates with a timezone, no ``Adj Close``, extra ``Dividends`` and
-``Stock Splits`` columns, ``null`` rows, yfinance's three-line multi-index header, newest first.
-All of those read the same; anything else (a missing price column, a date or number that cannot be
-read) is an error naming the file, the line and the column.
+The files users have vary: dates with a timezone, no ``Adj Close`` (its column is then NaN), extra
+``Dividends``, ``Stock Splits`` and ``Capital Gains`` columns, ``null`` and blank rows, yfinance's
+three-line multi-index header (``Price`` or ``Ticker`` row first), newest first. All of those read
+the same; anything else (a missing or repeated price column, a date or number that cannot be read,
+no rows, several tickers in one file) is a ``CsvFormatError`` naming the file, and the line and the
+column where there is one.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def _read_rows(path: Path, reader: Iterator[list[str]]) -> pd.DataFrame:
     missing = [name for name in REQUIRED if name not in names]
     if missing:
         raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}")
+    repeated = [name for name in (names[date_at], *COLUMNS) if names.count(name) > 1]
+    if repeated:
+        raise CsvFormatError(f"{path}: column(s) {', '.join(repeated)} appear more than once")
     wanted = [(name, names.index(name)) for name in COLUMNS if name in names]
 
     keys: list[str] = []
@@ -89,22 +94,29 @@ def _read_rows(path: Path, reader: Iterator[list[str]]) -> pd.DataFrame:
             if not math.isfinite(number):
                 raise fail(f"column {name}: {cell!r} is not a finite number")
             values[name].append(number)
+    if not keys:
+        raise CsvFormatError(f"{path}: no price rows after the header")
     return make_bars(keys, values)
 
 
 def _read_header(path: Path, reader: Iterator[list[str]]) -> list[str]:
-    header = next(reader, None)
-    if not header or not any(cell.strip() for cell in header):
+    # Blank lines before the header are skipped, as they are between rows.
+    header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    if header is None:
         raise CsvFormatError(f"{path}: empty file, expected a header such as Date,Open,High,Low,Close,Volume")
     names = [canonical_column(cell) for cell in header]
-    if names[0] != "price":
+    if names[0] not in ("price", "ticker"):
         return names
-    # yfinance's multi-index export: "Price,Close,...", "Ticker,CBA.AX,...", "Date,,,,".
-    ticker_row = next(reader, [])
-    date_row = next(reader, [])
-    if not ticker_row or canonical_column(ticker_row[0]) != "ticker" or not date_row:
-        raise CsvFormatError(f"{path}: a 'Price' header must be followed by 'Ticker' and 'Date' rows")
-    return [canonical_column(date_row[0]) or "date", *names[1:]]
+    # yfinance's multi-index export: "Price,Close,..." and "Ticker,CBA.AX,..." (in that order, or the
+    # other with group_by="ticker"), then "Date,,,,".
+    second, date_row = next(reader, []), next(reader, [])
+    rows = {names[0]: header, canonical_column(second[0]) if second else "": second}
+    if rows.keys() != {"price", "ticker"} or not date_row:
+        raise CsvFormatError(f"{path}: a yfinance header needs 'Price' and 'Ticker' rows, then a 'Date' row")
+    tickers = sorted({cell.strip() for cell in rows["ticker"][1:] if cell.strip()})
+    if len(tickers) > 1:
+        raise CsvFormatError(f"{path}: holds several tickers ({', '.join(tickers)}), expected one per file")
+    return [canonical_column(date_row[0]) or "date", *(canonical_column(cell) for cell in rows["price"][1:])]
 
 
 @dataclass(slots=True)
