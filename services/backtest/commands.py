@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from services.management.processes import PROJECT_ROOT
 
 if TYPE_CHECKING:  # imported when used
     from services.backtest.replay import ReplayPlan
+    from services.backtest.report import History
     from services.management.wire import HealthEntry
 
 EXIT_OK = 0
@@ -37,17 +39,43 @@ Command = Callable[[str, Callable[[Settings, argparse.Namespace], int], str], ar
 def add_history_commands(command: Command) -> None:
     from services.ml_model.config import MODEL_KINDS
 
-    replay = command("replay", cmd_replay, "run the whole stack through history on a simulated clock; "
-                     "a back-test report at the end")  # fmt: skip
+    replay = command(
+        "replay",
+        cmd_replay,
+        "run the whole stack through history on a simulated clock; a back-test report at the end",
+    )
     _window_arguments(replay)
-    replay.add_argument("--speed", default="max", type=_speed,
-                        help="simulated seconds per real second, or 'max' (the default)")  # fmt: skip
-    replay.add_argument("--home", type=Path, help="the replay's own TRADING_HOME (default: "
-                        "TRADING_HOME/replays/<from>_<to>-<time>)")  # fmt: skip
+    replay.add_argument(
+        "--speed",
+        default="max",
+        type=_speed,
+        help="simulated seconds per real second, or 'max' (the default)",
+    )
+    replay.add_argument(
+        "--home",
+        type=Path,
+        help="the replay's own TRADING_HOME (default: TRADING_HOME/replays/<from>_<to>-<time>)",
+    )
     replay.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
     replay.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
-    demo = command("demo", cmd_demo, "the whole stack on a generated (SYNTHETIC) market at an accelerated "
-                   "clock: prices, signals and paper trades within a minute, offline")  # fmt: skip
+    backtest = command(
+        "backtest",
+        cmd_backtest,
+        "the stack's decisions and paper trades over history in one process (no services, no Redis): "
+        "the same report as replay, in seconds",
+    )
+    _window_arguments(backtest)
+    backtest.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
+    backtest.add_argument(
+        "--out", type=Path, help="the report's directory (default: TRADING_HOME/backtests/<from>_<to>-<time>)"
+    )
+    backtest.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
+    demo = command(
+        "demo",
+        cmd_demo,
+        "the whole stack on a generated (SYNTHETIC) market at an accelerated "
+        "clock: prices, signals and paper trades within a minute, offline",
+    )
     demo.add_argument("--speed", type=float, default=10000.0, help="simulated seconds per real second")
     demo.add_argument("--days", type=int, default=365, help="how many simulated days to run")
     demo.add_argument("--home", type=Path, help="the demo's TRADING_HOME (default: TRADING_HOME/demo)")
@@ -57,8 +85,13 @@ def _window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", type=date.fromisoformat, required=True, metavar="DATE")
     parser.add_argument("--to", dest="end", type=date.fromisoformat, required=True, metavar="DATE")
     parser.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="default: the Big 4")
-    parser.add_argument("--prices", type=Path, default=SHARED_PRICES,
-                        metavar="DIR", help="<SYMBOL>.csv files, ^AXJO.csv included")  # fmt: skip
+    parser.add_argument(
+        "--prices",
+        type=Path,
+        default=SHARED_PRICES,
+        metavar="DIR",
+        help="<SYMBOL>.csv files, ^AXJO.csv included",
+    )
     parser.add_argument("--config", type=Path, help="a TOML file of config tables merged over the run's")
 
 
@@ -74,6 +107,95 @@ def _speed(text: str) -> str:
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+# -- backtest ------------------------------------------------------------------------------------
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from services.backtest.fast import BacktestPlan, run_backtest
+    from services.backtest.replay import DEFAULT_SYMBOLS
+    from services.backtest.report import History, reconciled
+    from services.base.errors import ConfigError
+
+    plan = BacktestPlan(
+        start=args.start,
+        end=args.end,
+        prices=args.prices.absolute(),
+        symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
+        models=tuple(args.models),
+        overrides=tomllib.loads(args.config.read_text()) if args.config else {},
+        model_cache=settings.home.root / "cache" / "backtest-models",
+        synthetic=args.synthetic,
+    )
+    started = time.perf_counter()
+    try:
+        with _progress_bar() as progress:
+            run = run_backtest(plan, progress)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    book = run.book
+    history = History(
+        kind="backtest",
+        start=plan.start,
+        end=plan.end,
+        symbols=plan.symbols,
+        prices=plan.prices,
+        synthetic=plan.synthetic,
+        predictions=[
+            {
+                "symbol": m.symbol,
+                "signal": m.decision.signal,
+                "confidence": m.decision.confidence,
+                "combined": m.decision.combined,
+                "regime": m.decision.regime,
+                "price": m.price,
+                "price_time": m.price_time,
+                "degraded": m.decision.degraded,
+                "created_at": m.at.isoformat(),
+            }
+            for m in run.decisions
+        ],
+        fills=book.fills,
+        equity=book.equity,
+        starting_cents=book.starting_cents,
+        cash_cents=book.cash_cents,
+        open_positions=book.open_positions,
+        pending_orders=book.pending_orders,
+        reconciled=book.reconciled,
+        run={
+            "wall_s": round(time.perf_counter() - started, 2),
+            **{name: round(value, 3) for name, value in run.timings.items()},
+            "models": "from the cache" if run.training["cached"] else "trained",
+            "ignored_signals": dict(book.ignored),
+            "rejected_orders": dict(book.rejected),
+            "risk_alerts": book.risk_alerts,
+        },
+    )
+    for failure in run.training["failures"]:
+        print(f"model not trained: {failure}", file=sys.stderr)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    out = args.out or settings.home.root / "backtests" / f"{plan.start}_{plan.end}-{stamp}"
+    report = _write(history, out.absolute())
+    return EXIT_OK if reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[str, float], None]]:
+    """A rich progress bar on stderr (shown on a terminal only) fed with (stage, share done)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description:<20}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("starting", total=1.0)
+
+        def update(stage: str, done: float) -> None:
+            bar.update(task, description=stage, completed=done)
+
+        yield update
 
 
 # -- replay and demo ----------------------------------------------------------------------------
@@ -100,7 +222,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run_replay(plan: ReplayPlan) -> int:
     from services.backtest import replay
-    from services.base.runner import REPLAY_CLOCK
+    from services.base.simulation import REPLAY_CLOCK
     from services.management.service_manager import LONG_CALL_S, launch_manager, manager
 
     replay_settings = replay.prepare_home(plan)
@@ -132,34 +254,70 @@ def replay_plan(settings: Settings, args: argparse.Namespace) -> ReplayPlan:
     root = args.home or settings.home.root / "replays" / f"{args.start}_{args.end}-{stamp}"
     overrides = tomllib.loads(args.config.read_text()) if args.config else {}
     return ReplayPlan(
-        start=args.start, end=args.end, prices=args.prices.absolute(),
-        home=TradingHome(root.absolute()), symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
-        speed=None if args.speed == "max" else float(args.speed), models=tuple(args.models),
-        overrides=overrides, synthetic=args.synthetic,
-    )  # fmt: skip
+        start=args.start,
+        end=args.end,
+        prices=args.prices.absolute(),
+        home=TradingHome(root.absolute()),
+        symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
+        speed=None if args.speed == "max" else float(args.speed),
+        models=tuple(args.models),
+        overrides=overrides,
+        synthetic=args.synthetic,
+    )
 
 
 def _replay_report(plan: ReplayPlan, figures: dict[str, Any]) -> int:
-    from services.backtest.report import build_report, read_prices, reconciled, trades, write_report
+    """The report from what the services answer over RPC, once the stack has settled."""
+    from services.backtest.report import History, reconciled
     from services.management.service_manager import call
 
     home = plan.home
     health = settled_health(home)
-    prices, fills = read_prices(plan), trades(plan)
-    report = build_report(
-        plan,
-        figures=figures,
-        portfolio=call(home, "paper_trading", "get_portfolio_status"),
-        performance=call(home, "paper_trading", "get_trading_performance", {"period": "all"}),
+    portfolio = call(home, "paper_trading", "get_portfolio_status")
+    history = History(
+        kind="replay",
+        start=plan.start,
+        end=plan.end,
+        symbols=plan.symbols,
+        prices=plan.prices,
+        synthetic=plan.synthetic,
+        predictions=_pages(home, "prediction", "get_predictions"),
+        fills=_pages(home, "paper_trading", "get_fills"),
+        equity=call(home, "paper_trading", "get_equity_curve"),
+        starting_cents=round(portfolio["starting_capital"] * 100),
+        cash_cents=round(portfolio["cash"] * 100),
+        open_positions={p["symbol"]: p["quantity"] for p in call(home, "paper_trading", "get_positions")},
+        pending_orders=portfolio["pending_orders"],
+        reconciled=portfolio["reconciled"],
+        run=figures,
         health=health,
-        prices=prices,
-        fills=fills,
     )
-    directory = write_report(plan, report, prices, fills)
-    print((directory / "report.md").read_text())
-    print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
+    report = _write(history, home.root / "report")
     fine = all(_settled(entry) for entry in health)
     return EXIT_OK if fine and reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
+
+
+def _pages(home: TradingHome, service: str, method: str) -> list[dict[str, Any]]:
+    """Every row of a paged read (``after_id``, ``limit``), oldest first."""
+    from services.management.service_manager import call
+
+    rows: list[dict[str, Any]] = []
+    while True:
+        page = call(home, service, method, {"after_id": rows[-1]["id"] if rows else 0, "limit": 1000})
+        rows.extend(page)
+        if len(page) < 1000:
+            return rows
+
+
+def _write(history: History, directory: Path) -> dict[str, Any]:
+    from services.backtest.report import build_report, read_prices, write_report
+
+    prices = read_prices(history.prices, history.symbols)
+    report = build_report(history, prices)
+    write_report(directory, history, report, prices)
+    print((directory / "report.md").read_text())
+    print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
+    return report
 
 
 def settled_health(home: TradingHome, wait_s: float = SETTLE_S) -> list[HealthEntry]:

@@ -1,4 +1,6 @@
-"""The replay driver: moves every process of a replay through simulated time together.
+"""The replay driver: moves every process of a replay through simulated time together, with the
+``replay.status`` and ``replay.advance`` methods each process's ``Simulation`` answers
+(``services/base/simulation.py``).
 
 Each step: wait until the stack is quiet (no calls in flight, no durable event unsent, no signal
 unread or unacknowledged on the stream, no timer's work unfinished), find the earliest timer any

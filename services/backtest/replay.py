@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -109,25 +109,32 @@ def demo_plan(home: TradingHome, *, speed: float, days: int) -> ReplayPlan:
 
 
 def replay_tables(plan: ReplayPlan) -> dict[str, Any]:
-    symbols = list(plan.symbols)
+    return history_tables(plan.symbols, plan.prices, plan.models, plan.overrides)
+
+
+def history_tables(
+    symbols: Sequence[str], prices: Path, models: Sequence[str], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The config of a run through history, the replay's and the back-test's alike, with the
+    user's ``--config`` tables merged over it."""
     tables: dict[str, Any] = {
         "rpc": {"connect_attempts": 12},
-        "market_data": {"source": "clocked_csv", "csv_dir": str(plan.prices.absolute()), "symbols": symbols},
-        "sentiment": {"symbols": symbols, "marketaux": {"enabled": False}, "rss": {"enabled": False}},
+        "market_data": {"source": "clocked_csv", "csv_dir": str(prices.absolute()), "symbols": list(symbols)},
+        "sentiment": {"symbols": list(symbols), "marketaux": {"enabled": False}, "rss": {"enabled": False}},
         "ml_model": {
-            "symbols": symbols,
-            "models": list(plan.models),
+            "symbols": list(symbols),
+            "models": list(models),
             "reload_interval_s": 86400.0,
             "score_interval_s": 86400.0,
         },
-        "prediction": {"symbols": symbols},
-        # The replay source shows a day's open at the open and the rest at the close: one check
+        "prediction": {"symbols": list(symbols)},
+        # The clocked source shows a day's open at the open and the rest at the close: one check
         # a session, at the open, sees every price an intraday one would.
-        "paper_trading": {"symbols": symbols, "check_interval_s": 86400.0},
+        "paper_trading": {"symbols": list(symbols), "check_interval_s": 86400.0},
         # The manager's own task (backups) runs on the real clock: not in a replay.
         "scheduler": {"disable": ["intraday_market_data", "intraday_predictions", "daily_backup"]},
     }
-    return merge(tables, plan.overrides)
+    return merge(tables, overrides)
 
 
 def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,88 +1,306 @@
-"""A replay's report: paper-trading performance, signal counts, prediction accuracy against what
-prices did next, buy-and-hold of the same symbols and of ^AXJO, an equity chart and the trades.
+"""The report of a run through history, the same for the stack replay and the back-test.
 
-Written to ``<replay home>/report/``: ``report.json``, ``report.md``, ``equity.html`` (an SVG
-chart, no script) and ``trades.csv``. The figures come from the services' own databases and the
-price files; nothing is recomputed from a model of the run.
+Written to a directory: ``report.json``, ``report.md``, ``trades.csv`` (one row per fill) and
+``equity.html`` (an SVG chart, no script). It reads what the run produced (``History``: the
+decisions sent as signals, paper trading's fills and daily equity, as the services answer them
+over RPC or the back-test's ledger holds them) and the price files, for the benchmarks:
+
+- ``performance``: total return, CAGR, annualised volatility, Sharpe and Sortino (daily returns of
+  the end-of-day equity, 252 a year, no risk-free rate), max drawdown, turnover (traded value a
+  year over mean equity), exposure (mean share of equity in positions), win rate and profit factor
+  of closed trades net of both commissions;
+- ``benchmarks``: buy-and-hold of each symbol, of all of them in equal weight and of the index,
+  each bought at the first session's open of the period and valued at each close, without
+  dividends (paper trading receives none either);
+- ``excess``: the strategy's daily return less equal-weight buy-and-hold's, annualised, with a 95%
+  interval from a circular block bootstrap (blocks of ``BLOCK_DAYS`` sessions keep the days'
+  dependence), and a plain reading of it.
 """
 
 from __future__ import annotations
 
 import csv
 import html
-import sqlite3
+import itertools
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
 from services.asx.calendar import SYDNEY
-from services.backtest.replay import INDEX, ReplayPlan
-from services.market_data.csv_files import read_price_csv
+from services.paper_trading.analytics import ClosedTrade, max_drawdown, trade_statistics
 
+INDEX = "^AXJO"
 # A prediction is judged on the close this many sessions after the one its price came from.
 HORIZON_SESSIONS = 5
-TRADE_COLUMNS = ("filled_at", "symbol", "side", "quantity", "price", "market_price", "value",
-                 "commission", "realised", "reason")  # fmt: skip
-
-
-def _rows(database: Path, query: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(query).fetchall()
-
-
-def trades(plan: ReplayPlan) -> list[dict[str, Any]]:
-    rows = _rows(
-        plan.home.database("paper_trading"),
-        "SELECT filled_at, symbol, side, quantity, price, market_price, value_cents, commission_cents, "
-        "realised_cents, reason FROM fills ORDER BY id",
-    )
-    dollars = {"value": "value_cents", "commission": "commission_cents", "realised": "realised_cents"}
-    return [
-        {name: r[dollars[name]] / 100 if name in dollars else r[name] for name in TRADE_COLUMNS} for r in rows
-    ]
-
-
-def equity_curve(plan: ReplayPlan) -> list[tuple[str, float]]:
-    rows = _rows(plan.home.database("paper_trading"), "SELECT day, equity_cents FROM equity ORDER BY day")
-    return [(r["day"], r["equity_cents"] / 100) for r in rows]
-
+TRADING_DAYS = 252
+BLOCK_DAYS = 20
+RESAMPLES = 2000
+TRADE_COLUMNS = (
+    "time",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "commission",
+    "reason",
+    "market_price",
+    "value",
+    "realised",
+    "cash",
+)
 
 Prices = Mapping[str, pd.DataFrame]
 
 
-def read_prices(plan: ReplayPlan) -> dict[str, pd.DataFrame]:
-    """The symbols' and ^AXJO's complete bars, read once for the whole report."""
+@dataclass(frozen=True, slots=True)
+class History:
+    """What a run through history produced."""
+
+    kind: str  # "replay" or "backtest"
+    start: date
+    end: date
+    symbols: tuple[str, ...]
+    prices: Path
+    synthetic: bool
+    # Each decision sent as a signal: symbol, signal, confidence, combined, price, price_time, degraded.
+    predictions: Sequence[Mapping[str, Any]]
+    fills: Sequence[Mapping[str, Any]]  # as ``ledger.fills_after`` gives them
+    equity: Sequence[Mapping[str, Any]]  # as ``ledger.equity_curve`` gives it
+    starting_cents: int
+    cash_cents: int
+    open_positions: Mapping[str, int]
+    pending_orders: int
+    reconciled: Mapping[str, int]
+    run: Mapping[str, Any]  # figures of the run itself (time taken, steps, ...)
+    health: Sequence[Mapping[str, Any]] | None = None  # the stack's, for a replay
+
+
+def read_prices(directory: Path, symbols: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The symbols' and the index's complete bars, read once for the whole report."""
+    from services.market_data.csv_files import read_price_csv
+
     prices = {}
-    for symbol in (*plan.symbols, INDEX):
-        bars = read_price_csv(plan.prices / f"{symbol}.csv")
+    for symbol in (*symbols, INDEX):
+        bars = read_price_csv(directory / f"{symbol}.csv")
         prices[symbol] = bars[bars["close"].notna()]
     return prices
 
 
-def prediction_accuracy(plan: ReplayPlan, prices: Prices) -> dict[str, Any]:
+# -- the figures ------------------------------------------------------------------------------
+
+
+def build_report(history: History, prices: Prices) -> dict[str, Any]:
+    days = [row["day"] for row in history.equity]
+    curve = [row["equity_cents"] / 100 for row in history.equity]
+    starting = history.starting_cents / 100
+    strategy = _returns([starting, *curve])
+    holds = {s: buy_and_hold(history, prices, s, days) for s in (*history.symbols, INDEX)}
+    weighted = _equal_weight([holds[s] for s in history.symbols], days)
+    equity_now = curve[-1] if curve else starting
+    return {
+        "kind": history.kind,
+        "synthetic": history.synthetic,
+        "period": {"from": history.start.isoformat(), "to": history.end.isoformat(), "sessions": len(days)},
+        "symbols": list(history.symbols),
+        "prices": str(history.prices),
+        "run": dict(history.run),
+        "signals": signal_counts(history.predictions),
+        "trades": len(history.fills),
+        "portfolio": {
+            "starting_capital": starting,
+            "equity": equity_now,
+            "cash": history.cash_cents / 100,
+            "open_positions": dict(history.open_positions),
+            "pending_orders": history.pending_orders,
+            "reconciled": dict(history.reconciled),
+        },
+        "performance": performance(history, curve, strategy, days),
+        "benchmarks": {
+            "symbols": [_summary(holds[s]) for s in history.symbols],
+            "equal_weight": _curve_figures(weighted, days),
+            "index": _summary(holds[INDEX]),
+        },
+        "excess": excess(strategy, _returns([1.0, *weighted["curve"]]) if weighted["curve"] else []),
+        "predictions": prediction_accuracy(history, prices),
+        "health": None
+        if history.health is None
+        else [
+            {"name": h["name"], "status": h["status"], "error": h.get("error") or _not_ok(h)}
+            for h in history.health
+        ],
+    }
+
+
+def signal_counts(predictions: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    counts = Counter(p["signal"] for p in predictions)
+    return {s: counts.get(s, 0) for s in ("BUY", "HOLD", "SELL")}
+
+
+def _returns(values: Sequence[float]) -> list[float]:
+    return [b / a - 1.0 for a, b in itertools.pairwise(values) if a > 0]
+
+
+def performance(
+    history: History, curve: Sequence[float], returns: Sequence[float], days: Sequence[str]
+) -> dict[str, Any]:
+    starting = history.starting_cents / 100
+    closed = [
+        ClosedTrade(
+            f["symbol"],
+            f["realised_cents"],
+            f["realised_cents"] - f["commission_cents"] - f["entry_commission_cents"],
+            f["filled_at"],
+        )
+        for f in history.fills
+        if f["side"] == "SELL"
+    ]
+    years = _years(history.start, days)
+    traded = sum(f["value_cents"] for f in history.fills) / 100
+    mean_equity = sum(curve) / len(curve) if curve else starting
+    exposures = [r["market_value_cents"] / r["equity_cents"] for r in history.equity if r["equity_cents"] > 0]
+    stats = trade_statistics(closed)
+    return {
+        **_curve_figures(
+            {"curve": [c / starting for c in curve], "returns": returns}, days, start=history.start
+        ),
+        "turnover": round(traded / mean_equity / years, 4) if years and mean_equity else None,
+        "exposure": round(sum(exposures) / len(exposures), 4) if exposures else None,
+        "closed_trades": stats["closed_trades"],
+        "win_rate": stats["win_rate"],
+        "profit_factor": stats["profit_factor"],
+        "commissions": sum(f["commission_cents"] for f in history.fills) / 100,
+    }
+
+
+def _years(start: date, days: Sequence[str]) -> float | None:
+    if not days:
+        return None
+    return max(1, (date.fromisoformat(days[-1]) - start).days + 1) / 365.25
+
+
+def _curve_figures(
+    series: Mapping[str, Any], days: Sequence[str], *, start: date | None = None
+) -> dict[str, Any]:
+    """Return, CAGR, volatility, Sharpe, Sortino and drawdown of a curve that starts at 1."""
+    curve, returns = series["curve"], series["returns"]
+    if not curve:
+        return {
+            "total_return": None,
+            "cagr": None,
+            "volatility": None,
+            "sharpe": None,
+            "sortino": None,
+            "max_drawdown": None,
+        }
+    total = curve[-1] - 1.0
+    years = _years(start or date.fromisoformat(days[0]), days)
+    spread = float(np.std(returns, ddof=1)) if len(returns) > 1 else 0.0
+    mean = float(np.mean(returns)) if returns else 0.0
+    downside = math.sqrt(sum(min(r, 0.0) ** 2 for r in returns) / len(returns)) if returns else 0.0
+    scale = math.sqrt(TRADING_DAYS)
+    return {
+        "total_return": round(total, 6),
+        "cagr": round((1.0 + total) ** (1.0 / years) - 1.0, 6) if years and total > -1 else None,
+        "volatility": round(spread * scale, 6),
+        "sharpe": round(mean / spread * scale, 4) if spread > 0 else None,
+        "sortino": round(mean / downside * scale, 4) if downside > 0 else None,
+        "max_drawdown": max_drawdown([round(v * 1e6) for v in [1.0, *curve]]),
+    }
+
+
+def buy_and_hold(history: History, prices: Prices, symbol: str, days: Sequence[str]) -> dict[str, Any]:
+    """Bought at the first session's open of the period, valued at each day's close (the last
+    one on or before it)."""
+    bars = prices[symbol]
+    inside = bars[(bars.index >= history.start.isoformat()) & (bars.index <= history.end.isoformat())]
+    if inside.empty or not days:
+        return {"symbol": symbol, "curve": [], "returns": [], "note": "no bars in the period"}
+    first = inside.iloc[0]
+    entry = float(first["open"]) if pd.notna(first["open"]) else float(first["close"])
+    closes = bars["close"]
+    positions = closes.index.searchsorted(list(days), side="right") - 1
+    curve = [float(closes.iloc[i]) / entry if i >= 0 else 1.0 for i in positions]
+    return {
+        "symbol": symbol,
+        "from": inside.index[0],
+        "to": inside.index[-1],
+        "curve": curve,
+        "returns": _returns([1.0, *curve]),
+    }
+
+
+def _equal_weight(holds: Sequence[Mapping[str, Any]], days: Sequence[str]) -> dict[str, Any]:
+    usable = [h["curve"] for h in holds if h["curve"]]
+    if not usable:
+        return {"curve": [], "returns": []}
+    curve = [sum(values) / len(values) for values in zip(*usable, strict=True)]
+    return {"curve": curve, "returns": _returns([1.0, *curve])}
+
+
+def _summary(hold: Mapping[str, Any]) -> dict[str, Any]:
+    if not hold["curve"]:
+        return {"symbol": hold["symbol"], "total_return": None, "note": hold.get("note")}
+    figures = _curve_figures(hold, [hold["from"], hold["to"]])
+    return {"symbol": hold["symbol"], "from": hold["from"], "to": hold["to"], **figures}
+
+
+def excess(strategy: Sequence[float], benchmark: Sequence[float], seed: int = 20100101) -> dict[str, Any]:
+    """The strategy's mean daily return less the benchmark's, annualised, with a 95% interval
+    from a circular block bootstrap of the daily differences."""
+    n = min(len(strategy), len(benchmark))
+    if n < 2 * BLOCK_DAYS:
+        return {
+            "vs": "equal_weight_buy_and_hold",
+            "annualised": None,
+            "ci95": None,
+            "reading": f"too few sessions ({n}) for an interval",
+        }
+    diff = np.asarray(strategy[:n]) - np.asarray(benchmark[:n])
+    rng = np.random.default_rng(seed)
+    blocks = math.ceil(n / BLOCK_DAYS)
+    starts = rng.integers(0, n, size=(RESAMPLES, blocks))
+    picks = (starts[:, :, None] + np.arange(BLOCK_DAYS)[None, None, :]).reshape(RESAMPLES, -1)[:, :n] % n
+    means = diff[picks].mean(axis=1) * TRADING_DAYS
+    low, high = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+    mean = float(diff.mean() * TRADING_DAYS)
+    if low > 0:
+        reading = "the strategy beat equal-weight buy-and-hold by more than the noise of these days"
+    elif high < 0:
+        reading = "the strategy did worse than equal-weight buy-and-hold, by more than the noise"
+    else:
+        reading = "no difference from equal-weight buy-and-hold beyond the noise of these days"
+    return {
+        "vs": "equal_weight_buy_and_hold",
+        "annualised": round(mean, 6),
+        "ci95": [round(low, 6), round(high, 6)],
+        "block_days": BLOCK_DAYS,
+        "resamples": RESAMPLES,
+        "reading": reading,
+    }
+
+
+def prediction_accuracy(history: History, prices: Prices) -> dict[str, Any]:
     """Counts per signal, and how each did: the share of BUYs followed by a rise and of SELLs by
-    a fall over the next sessions, and the mean move after each signal."""
-    query = "SELECT symbol, signal, price_time, degraded FROM predictions"
-    rows = _rows(plan.home.database("prediction"), query)
-    counts = Counter(r["signal"] for r in rows)
+    a fall over the next sessions (adjusted closes), and the mean move after each signal."""
     moves: dict[str, list[float]] = {"BUY": [], "SELL": [], "HOLD": []}
-    closes = {symbol: prices[symbol]["adj_close"] for symbol in plan.symbols}
+    closes = {
+        symbol: prices[symbol]["adj_close"].fillna(prices[symbol]["close"]) for symbol in history.symbols
+    }
     unjudged = 0
-    for row in rows:
+    for row in history.predictions:
         series = closes.get(row["symbol"])
         day = _sydney_day(row["price_time"])
-        if series is None:
-            unjudged += 1
-            continue
-        at = int(series.index.searchsorted(day, side="right")) - 1
+        at = int(series.index.searchsorted(day, side="right")) - 1 if series is not None else -1
         ahead = at + HORIZON_SESSIONS
-        if at < 0 or ahead >= len(series):
+        if series is None or at < 0 or ahead >= len(series):
             unjudged += 1
             continue
         moves[row["signal"]].append(float(series.iloc[ahead] / series.iloc[at] - 1))
@@ -97,9 +315,9 @@ def prediction_accuracy(plan: ReplayPlan, prices: Prices) -> dict[str, Any]:
         }
 
     return {
-        "predictions": len(rows),
-        "degraded": sum(1 for r in rows if r["degraded"]),
-        "signals": {s: counts.get(s, 0) for s in ("BUY", "HOLD", "SELL")},
+        "predictions": len(history.predictions),
+        "degraded": sum(1 for p in history.predictions if p["degraded"]),
+        "signals": signal_counts(history.predictions),
         "horizon_sessions": HORIZON_SESSIONS,
         "buy": summary(moves["BUY"], +1),
         "sell": summary(moves["SELL"], -1),
@@ -116,132 +334,11 @@ def _sydney_day(stamp: str) -> str:
     return datetime.fromisoformat(stamp).astimezone(SYDNEY).date().isoformat()
 
 
-def buy_and_hold(plan: ReplayPlan, prices: Prices, symbol: str) -> dict[str, Any]:
-    """Bought at the first session's open in the period, valued at the last close in it."""
-    bars = prices[symbol]
-    inside = bars[(bars.index >= plan.start.isoformat()) & (bars.index <= plan.end.isoformat())]
-    if inside.empty:
-        return {"symbol": symbol, "return": None, "note": "no bars in the period"}
-    first, last = inside.iloc[0], inside.iloc[-1]
-    entry = _entry_price(first)
-    return {
-        "symbol": symbol,
-        "from": inside.index[0],
-        "to": inside.index[-1],
-        "return": round(float(last["close"]) / entry - 1, 6),
-        # Dividends included (adjusted closes), for comparison: paper trading receives none.
-        "total_return": round(float(last["adj_close"] / first["adj_close"]) - 1, 6),
-    }
-
-
-def _entry_price(bar: pd.Series) -> float:
-    """A session's open; its close where the file has no open."""
-    return float(bar["open"]) if pd.notna(bar["open"]) else float(bar["close"])
-
-
-def build_report(
-    plan: ReplayPlan,
-    *,
-    figures: Mapping[str, Any],
-    portfolio: Mapping[str, Any],
-    performance: Mapping[str, Any],
-    health: Sequence[Mapping[str, Any]],
-    prices: Prices,
-    fills: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    holds = [buy_and_hold(plan, prices, s) for s in plan.symbols]
-    returns = [h["return"] for h in holds if h["return"] is not None]
-    starting = float(portfolio["starting_capital"])
-    return {
-        "synthetic": plan.synthetic,
-        "period": {"from": plan.start.isoformat(), "to": plan.end.isoformat()},
-        "symbols": list(plan.symbols),
-        "prices": str(plan.prices),
-        "home": str(plan.home.root),
-        "run": dict(figures),
-        "portfolio": dict(portfolio),
-        "performance": dict(performance),
-        "strategy_return": round(float(portfolio["equity"]) / starting - 1, 6),
-        "predictions": prediction_accuracy(plan, prices),
-        "buy_and_hold": {
-            "symbols": holds,
-            "equal_weight_return": round(sum(returns) / len(returns), 6) if returns else None,
-            "index": buy_and_hold(plan, prices, INDEX),
-        },
-        "trades": len(fills),
-        "health": [
-            {"name": h["name"], "status": h["status"], "error": h.get("error") or _not_ok(h)} for h in health
-        ],
-    }
-
-
 def _not_ok(entry: Mapping[str, Any]) -> str | None:
     """What a service's own health report says is not ok (e.g. the data it serves is stale)."""
     checks = (entry.get("report") or {}).get("checks") or {}
     said = [f"{name}: {c.get('detail')}" for name, c in checks.items() if c.get("status") != "ok"]
     return "; ".join(said) or None
-
-
-def write_report(
-    plan: ReplayPlan, report: Mapping[str, Any], prices: Prices, fills: Sequence[Mapping[str, Any]]
-) -> Path:
-    directory = plan.home.root / "report"
-    directory.mkdir(exist_ok=True)
-    (directory / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    (directory / "report.md").write_text(report_markdown(report))
-    with (directory / "trades.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=[*TRADE_COLUMNS, *(["data"] if plan.synthetic else [])])
-        writer.writeheader()
-        for row in fills:
-            writer.writerow({**row, **({"data": "SYNTHETIC"} if plan.synthetic else {})})
-    (directory / "equity.html").write_text(equity_html(plan, report, prices))
-    return directory
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.2f}%"
-
-
-def report_markdown(report: Mapping[str, Any]) -> str:
-    label = "SYNTHETIC market (generated prices, not real) - " if report["synthetic"] else ""
-    period = report["period"]
-    portfolio, perf, preds = report["portfolio"], report["performance"], report["predictions"]
-    bh = report["buy_and_hold"]
-    run = report["run"]
-    lines = [
-        f"# {label}Replay {period['from']} to {period['to']}: {', '.join(report['symbols'])}",
-        "",
-        f"{run.get('sessions')} sessions in {run.get('wall_s')} s ({run.get('steps')} steps; "
-        f"{run.get('outages')} calls waited for a restarted service).",
-        "",
-        "## Paper trading",
-        f"- Equity ${portfolio['equity']:,.2f} from ${portfolio['starting_capital']:,.2f}: "
-        f"{_pct(report['strategy_return'])}; realised ${portfolio['realised_pnl']:,.2f}, "
-        f"commissions ${portfolio['commissions']:,.2f}",
-        f"- Ledger: {_reconciled(portfolio['reconciled'])}",
-        f"- {report['trades']} fills; closed trades {perf.get('closed_trades')}, win rate "
-        f"{perf.get('win_rate')}, profit factor {perf.get('profit_factor')}, max drawdown "
-        f"{perf.get('max_drawdown')}, Sharpe {perf.get('sharpe')}",
-        "",
-        "## Signals and accuracy",
-        f"- {preds['predictions']} predictions ({preds['degraded']} degraded): "
-        + ", ".join(f"{k} {v}" for k, v in preds["signals"].items()),
-        f"- Over the next {preds['horizon_sessions']} sessions: BUY followed by a rise "
-        f"{_rate(preds['buy'])}; SELL followed by a fall {_rate(preds['sell'])}; prices rose after "
-        f"{_share(preds['all_up_rate'])} of all predictions (the base rate)",
-        "",
-        "## Buy and hold (first open to last close in the period, no dividends)",
-        *[f"- {h['symbol']}: {_pct(h['return'])}{_note(h)}" for h in bh["symbols"]],
-        f"- Equal weight: {_pct(bh['equal_weight_return'])}",
-        f"- {bh['index']['symbol']}: {_pct(bh['index']['return'])}{_note(bh['index'])}",
-        "",
-        "## Health at the end",
-        *[
-            f"- {h['name']}: {h['status']}" + (f" ({h['error']})" if h["error"] else "")
-            for h in report["health"]
-        ],
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def reconciled(sides: Mapping[str, int]) -> bool:
@@ -250,15 +347,122 @@ def reconciled(sides: Mapping[str, int]) -> bool:
     return len(set(sides.values())) == 1
 
 
+# -- the files --------------------------------------------------------------------------------
+
+
+def trade_rows(history: History) -> list[dict[str, Any]]:
+    """One row per fill, with the cash after it."""
+    cash = history.starting_cents
+    rows = []
+    for f in history.fills:
+        cash += -f["value_cents"] if f["side"] == "BUY" else f["value_cents"]
+        cash -= f["commission_cents"]
+        rows.append(
+            {
+                "time": f["filled_at"],
+                "symbol": f["symbol"],
+                "side": f["side"],
+                "quantity": f["quantity"],
+                "price": f["price"],
+                "commission": f"{f['commission_cents'] / 100:.2f}",
+                "reason": f["reason"],
+                "market_price": f["market_price"],
+                "value": f"{f['value_cents'] / 100:.2f}",
+                "realised": f"{f['realised_cents'] / 100:.2f}",
+                "cash": f"{cash / 100:.2f}",
+            }
+        )
+    return rows
+
+
+def write_report(directory: Path, history: History, report: Mapping[str, Any], prices: Prices) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    (directory / "report.md").write_text(report_markdown(report))
+    with (directory / "trades.csv").open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=[*TRADE_COLUMNS, *(["data"] if history.synthetic else [])])
+        writer.writeheader()
+        for row in trade_rows(history):
+            writer.writerow({**row, **({"data": "SYNTHETIC"} if history.synthetic else {})})
+    (directory / "equity.html").write_text(equity_html(history, report, prices))
+    return directory
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.2f}%"
+
+
+def _size(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+    label = "SYNTHETIC market (generated prices, not real) - " if report["synthetic"] else ""
+    period, portfolio, perf = report["period"], report["portfolio"], report["performance"]
+    preds, bench, extra = report["predictions"], report["benchmarks"], report["excess"]
+    kind = "Replay of the stack" if report["kind"] == "replay" else "Back-test"
+    rows = [
+        ("Strategy (paper trading)", perf),
+        ("Equal-weight buy and hold", bench["equal_weight"]),
+        *((f"{b['symbol']} buy and hold", b) for b in (*bench["symbols"], bench["index"])),
+    ]
+    interval = (
+        f"{_pct(extra['annualised'])} a year, 95% interval "
+        f"{_pct(extra['ci95'][0])} to {_pct(extra['ci95'][1])}"
+        if extra["ci95"]
+        else "-"
+    )
+    lines = [
+        f"# {label}{kind} {period['from']} to {period['to']}: {', '.join(report['symbols'])}",
+        "",
+        f"{period['sessions']} sessions; " + ", ".join(f"{k} {v}" for k, v in report["run"].items()),
+        "",
+        "## Performance against buy and hold",
+        "",
+        "| | return | CAGR | volatility | Sharpe | Sortino | max drawdown |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {name} | {_pct(f.get('total_return'))} | {_pct(f.get('cagr'))} | {_size(f.get('volatility'))} "
+            f"| {_num(f.get('sharpe'))} | {_num(f.get('sortino'))} | {_size(f.get('max_drawdown'))} |"
+            for name, f in rows
+        ],
+        "",
+        f"- Excess over equal-weight buy and hold: {interval}: {extra['reading']}.",
+        f"- {report['trades']} fills; {perf['closed_trades']} closed trades, "
+        f"win rate {_share(perf['win_rate'])}, "
+        f"profit factor {_num(perf['profit_factor'])}; turnover {_num(perf['turnover'])}x a year, "
+        f"exposure {_share(perf['exposure'])}; commissions ${perf['commissions']:,.2f}",
+        f"- Equity ${portfolio['equity']:,.2f} from ${portfolio['starting_capital']:,.2f}; "
+        f"ledger: {_reconciled(portfolio['reconciled'])}",
+        "- Paper trading receives no dividends; the buy-and-hold figures leave them out too.",
+        "",
+        "## Signals and what followed",
+        f"- {preds['predictions']} signals ({preds['degraded']} degraded): "
+        + ", ".join(f"{k} {v}" for k, v in report["signals"].items()),
+        f"- Over the next {preds['horizon_sessions']} sessions: BUY followed by a rise "
+        f"{_rate(preds['buy'])}; SELL followed by a fall {_rate(preds['sell'])}; prices rose after "
+        f"{_share(preds['all_up_rate'])} of all signals (the base rate)",
+    ]
+    if report["trades"] == 0:
+        lines.append("- No trade: no BUY signal reached paper trading's bar (`buy_confidence`).")
+    if report.get("health") is not None:
+        lines += ["", "## Health at the end"]
+        lines += [
+            f"- {h['name']}: {h['status']}" + (f" ({h['error']})" if h["error"] else "")
+            for h in report["health"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def _reconciled(sides: Mapping[str, int]) -> str:
     cents = next(iter(sides.values()))
     if reconciled(sides):
         return f"reconciles to the cent: start + realised - commissions = cash + cost = ${cents / 100:,.2f}"
     return f"DOES NOT RECONCILE: {dict(sides)}"
-
-
-def _note(hold: Mapping[str, Any]) -> str:
-    return f" ({hold['note']})" if hold.get("note") else f" ({hold['from']} to {hold['to']})"
 
 
 def _rate(summary: Mapping[str, Any]) -> str:
@@ -269,40 +473,28 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def equity_html(plan: ReplayPlan, report: Mapping[str, Any], prices: Prices) -> str:
+def equity_html(history: History, report: Mapping[str, Any], prices: Prices) -> str:
     """Paper-trading equity against equal-weight buy-and-hold of the symbols, as an SVG."""
-    curve = equity_curve(plan)
-    title = f"{'SYNTHETIC market - ' if plan.synthetic else ''}Replay {plan.start} to {plan.end}"
-    if len(curve) < 2:
+    kind = "Replay" if history.kind == "replay" else "Back-test"
+    title = f"{'SYNTHETIC market - ' if history.synthetic else ''}{kind} {history.start} to {history.end}"
+    days = [row["day"] for row in history.equity]
+    if len(days) < 2:
         body = "<p>Fewer than two daily equity snapshots: nothing to draw.</p>"
     else:
-        days = [d for d, _ in curve]
-        starting = float(report["portfolio"]["starting_capital"])
-        hold = _hold_curve(plan, prices, days, starting)
-        body = _svg({"paper trading": [v for _, v in curve], "buy and hold (equal weight)": hold}, days)
+        starting = history.starting_cents / 100
+        holds = [buy_and_hold(history, prices, s, days) for s in history.symbols]
+        weighted = _equal_weight(holds, days)["curve"]
+        body = _svg(
+            {
+                "paper trading": [row["equity_cents"] / 100 for row in history.equity],
+                "buy and hold (equal weight)": [starting * v for v in weighted],
+            },
+            days,
+        )
     return (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1>{body}"
     )
-
-
-def _hold_curve(plan: ReplayPlan, prices: Prices, days: Sequence[str], starting: float) -> list[float | None]:
-    values: list[float | None] = []
-    series = {s: prices[s] for s in plan.symbols}
-    entries = {}
-    for symbol, bars in series.items():
-        inside = bars[bars.index >= plan.start.isoformat()]
-        if not inside.empty:
-            entries[symbol] = _entry_price(inside.iloc[0])
-    for day in days:
-        parts = []
-        for symbol, entry in entries.items():
-            closes = series[symbol]["close"]
-            at = int(closes.index.searchsorted(day, side="right")) - 1
-            if at >= 0:
-                parts.append(float(closes.iloc[at]) / entry)
-        values.append(starting * sum(parts) / len(parts) if parts else None)
-    return values
 
 
 def _svg(lines: Mapping[str, Sequence[float | None]], days: Sequence[str]) -> str:

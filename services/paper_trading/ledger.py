@@ -301,3 +301,44 @@ def reconcile(conn: sqlite3.Connection) -> dict[str, int]:
             f"{acct.cash_cents}; realised from fills {realised}, account {acct.realised_cents}"
         )
     return {"starting_plus_realised_minus_commissions": left, "cash_plus_cost": right}
+
+
+def record_equity(
+    conn: sqlite3.Connection,
+    day: str,
+    equity_cents: int,
+    cash_cents: int,
+    market_value_cents: int,
+    now: datetime,
+) -> None:
+    """The day's equity snapshot (a later one the same day replaces it; callers hold the transaction)."""
+    conn.execute(
+        "INSERT INTO equity (day, equity_cents, cash_cents, market_value_cents, taken_at) VALUES "
+        "(?,?,?,?,?) ON CONFLICT (day) DO UPDATE SET equity_cents = excluded.equity_cents, "
+        "cash_cents = excluded.cash_cents, market_value_cents = excluded.market_value_cents, "
+        "taken_at = excluded.taken_at",
+        (day, equity_cents, cash_cents, market_value_cents, utc_iso(now)),
+    )
+
+
+def equity_curve(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every daily snapshot, oldest first."""
+    rows = conn.execute(
+        "SELECT day, equity_cents, cash_cents, market_value_cents FROM equity ORDER BY day"
+    ).fetchall()
+    return [{"day": r[0], "equity_cents": r[1], "cash_cents": r[2], "market_value_cents": r[3]} for r in rows]
+
+
+FILL_COLUMNS = (
+    "id", "order_id", "symbol", "side", "quantity", "price", "market_price", "price_time", "value_cents",
+    "commission_cents", "cost_cents", "realised_cents", "entry_commission_cents", "reason", "filled_at",
+)  # fmt: skip
+
+
+def fills_after(conn: sqlite3.Connection, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """Fills with an id above ``after_id``, oldest first, at most ``limit``: the book's record
+    of every trade, read a page at a time."""
+    rows = conn.execute(
+        f"SELECT {', '.join(FILL_COLUMNS)} FROM fills WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+    ).fetchall()
+    return [dict(zip(FILL_COLUMNS, row, strict=True)) for row in rows]

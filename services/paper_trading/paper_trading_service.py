@@ -629,18 +629,8 @@ class PaperTradingService(BaseService):
         def write(conn: sqlite3.Connection) -> dict[str, Any]:
             with transaction(conn):
                 portfolio = self._portfolio(conn, marks, 0)
-                conn.execute(
-                    "INSERT INTO equity (day, equity_cents, cash_cents, market_value_cents, taken_at) VALUES "
-                    "(?,?,?,?,?) ON CONFLICT (day) DO UPDATE SET equity_cents = excluded.equity_cents, "
-                    "cash_cents = excluded.cash_cents, market_value_cents = excluded.market_value_cents, "
-                    "taken_at = excluded.taken_at",
-                    (
-                        day,
-                        portfolio.equity_cents,
-                        portfolio.cash_cents,
-                        portfolio.market_value_cents,
-                        utc_iso(now),
-                    ),
+                ledger.record_equity(
+                    conn, day, portfolio.equity_cents, portfolio.cash_cents, portfolio.market_value_cents, now
                 )
                 return {"day": day, "equity": dollars(portfolio.equity_cents),
                         "cash": dollars(portfolio.cash_cents),
@@ -648,6 +638,22 @@ class PaperTradingService(BaseService):
 
         async with self._book:
             return await self._db(write)
+
+    @rpc_method(idempotent=True)
+    async def get_equity_curve(self) -> list[dict[str, Any]]:
+        """Every daily equity snapshot, oldest first, in cents: ``day``, ``equity_cents``,
+        ``cash_cents``, ``market_value_cents``."""
+        return await self._db(ledger.equity_curve)
+
+    @rpc_method(idempotent=True)
+    async def get_fills(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Fills with an id above ``after_id``, oldest first (at most ``limit``, 1 to 1000): every
+        trade, read a page at a time. Money in cents, prices as decimal strings."""
+        if not 1 <= limit <= 1000:
+            raise InvalidParams("limit must be between 1 and 1000", field="limit")
+        if after_id < 0:
+            raise InvalidParams("after_id must be 0 or more", field="after_id")
+        return await self._db(lambda conn: ledger.fills_after(conn, after_id, limit))
 
     @rpc_method
     async def reset_account(self, confirm: bool = False) -> dict[str, Any]:

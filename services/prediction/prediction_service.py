@@ -181,6 +181,28 @@ class PredictionService(BaseService):
         return history
 
     @rpc_method(idempotent=True)
+    async def get_predictions(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored predictions with an id above ``after_id``, oldest first (at most ``limit``, 1 to
+        1000), in brief: every signal made, read a page at a time."""
+        if not 1 <= limit <= 1000:
+            raise InvalidParams("limit must be between 1 and 1000", field="limit")
+        if after_id < 0:
+            raise InvalidParams("after_id must be 0 or more", field="after_id")
+        columns = (
+            "id", "symbol", "signal", "confidence", "combined", "regime", "price", "price_time", "degraded",
+            "created_at",
+        )
+
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT {', '.join(columns)} FROM predictions WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+            return [{**dict(zip(columns, row, strict=True)), "degraded": bool(row[8])} for row in rows]
+
+        return await self._db(read)
+
+    @rpc_method(idempotent=True)
     def clear_cache(self) -> dict[str, Any]:
         """Forget every cached prediction: the next request recomputes."""
         cleared = len(self._cache)

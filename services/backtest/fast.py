@@ -1,0 +1,295 @@
+"""``tradingctl backtest``: the stack's decisions and paper trades over history, in one process.
+
+No sockets, no Redis, no SQLite files: the price files are read once, the models are trained on
+the bars before ``--from`` (as the replay trains them; kept in a cache keyed by the files and the
+settings), every symbol's predictions are computed over its whole series at once
+(``decisions.py``), and the days are walked once through paper trading's engine and ledger
+(``walk.py``). The config is the replay's (``history_tables``) with ``--config`` merged over it,
+so both run the same settings, and the schedule's prediction rounds and end-of-day snapshot are
+the scheduler's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pandas as pd
+
+from services.asx.calendar import SYDNEY, AsxCalendar
+from services.backtest.decisions import IndexContext, Made, Models, SymbolHistory, Timeline, predictions
+from services.backtest.replay import DEFAULT_SYMBOLS, history_tables
+from services.backtest.walk import Book, Signal, Walk, moments
+from services.base.config import build_dataclass
+from services.base.errors import ConfigError
+from services.market_data.config import MarketDataConfig
+from services.market_data.csv_files import CsvFormatError, read_price_csv
+from services.ml_model.config import MlModelConfig
+from services.ml_model.registry import POOLED, ModelRegistry
+from services.paper_trading.config import PaperTradingConfig
+from services.prediction.config import PredictionConfig
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.tasks import Task
+
+T = TypeVar("T")
+Progress = Callable[[str, float], None]  # (stage, share done 0..1)
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestPlan:
+    start: date
+    end: date  # inclusive
+    prices: Path
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    models: tuple[str, ...] = ("logistic",)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Where trained models are kept between runs (None: trained afresh in a temporary place).
+    model_cache: Path | None = None
+    synthetic: bool = False
+
+    @property
+    def begins_at(self) -> datetime:
+        return datetime.combine(self.start, datetime.min.time(), SYDNEY).astimezone(UTC)
+
+    @property
+    def ends_at(self) -> datetime:
+        return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), SYDNEY).astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The sections of the config a run through history reads."""
+
+    market_data: MarketDataConfig
+    ml_model: MlModelConfig
+    prediction: PredictionConfig
+    paper_trading: PaperTradingConfig
+    scheduler: SchedulerConfig
+
+    @classmethod
+    def of(cls, tables: Mapping[str, Any]) -> Settings:
+        def section(name: str, kind: type[T]) -> T:
+            return build_dataclass(kind, tables.get(name, {}), where=name)
+
+        return cls(
+            section("market_data", MarketDataConfig),
+            section("ml_model", MlModelConfig),
+            section("prediction", PredictionConfig),
+            section("paper_trading", PaperTradingConfig),
+            section("scheduler", SchedulerConfig),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestRun:
+    plan: BacktestPlan
+    sessions: list[date]
+    decisions: list[Made]  # each new decision once, in time order: the signals paper trading got
+    book: Book
+    timings: dict[str, float]
+    training: dict[str, Any]
+
+
+def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: None) -> BacktestRun:
+    """The whole back-test; ``ConfigError`` naming the file or setting when something cannot run."""
+    if plan.end < plan.start:
+        raise ConfigError(f"--to {plan.end} is before --from {plan.start}")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    settings = Settings.of(history_tables(plan.symbols, plan.prices, plan.models, plan.overrides))
+    calendar = AsxCalendar()
+    sessions = calendar.sessions_between(plan.start, plan.end)
+    if not sessions:
+        raise ConfigError(f"no ASX session between {plan.start} and {plan.end}")
+    context_symbols = (settings.ml_model.market_symbol, settings.market_data.context_symbol)
+    bars = read_prices(plan.prices, (*plan.symbols, *context_symbols), plan.end)
+    timings["read_prices_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    progress("training models", 0.0)
+    models, training = trained_models(plan, settings.ml_model, bars)
+    timings["training_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    rounds = task_times(settings.scheduler, "prediction", "generate_predictions", calendar, plan)
+    eods = task_times(settings.scheduler, "paper_trading", "end_of_day_sync", calendar, plan)
+    round_times = sorted(rounds)
+    index_bars = bars[settings.ml_model.market_symbol]
+    timelines = {symbol: Timeline.of(frame, calendar) for symbol, frame in bars.items()}
+    index = IndexContext(timelines[settings.market_data.context_symbol], settings.market_data)
+    made: dict[datetime, list[Made]] = {}
+    for i, symbol in enumerate(plan.symbols):
+        progress(f"predicting {symbol}", i / len(plan.symbols))
+        history = SymbolHistory(
+            symbol,
+            bars[symbol],
+            index_bars,
+            timelines[symbol],
+            models.get(symbol),
+            settings.market_data,
+            settings.ml_model,
+        )
+        times = [t for t in round_times if symbol in rounds[t]]
+        predictions(
+            history,
+            index,
+            times,
+            calendar,
+            settings.prediction,
+            lambda m: made.setdefault(m.at, []).append(m),
+        )
+    timings["predictions_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    walk = Walk(settings.paper_trading, calendar, _price_at(timelines), plan.begins_at)
+    decisions: list[Made] = []
+    sent: set[tuple[Any, ...]] = set()
+    steps = moments(calendar, sessions, round_times, sorted(eods))
+    for step, (now, kind) in enumerate(steps):
+        if step % 500 == 0:
+            progress("paper trading", step / len(steps))
+        if kind == "open":
+            walk.open(now)
+        elif kind == "eod":
+            walk.end_of_day(now)
+        else:
+            for decision in made.get(now, []):
+                # The stack stores and sends a decision on the same inputs once (prediction's signal id).
+                signal_key = (
+                    decision.symbol,
+                    decision.key,
+                    decision.decision.signal,
+                    round(decision.decision.confidence, 6),
+                )
+                if signal_key in sent:
+                    continue
+                sent.add(signal_key)
+                decisions.append(decision)
+                walk.signal(
+                    Signal(decision.symbol, now, decision.decision.signal, decision.decision.confidence)
+                )
+    timings["paper_trading_s"] = time.perf_counter() - clock
+    progress("done", 1.0)
+    return BacktestRun(plan, sessions, decisions, walk.finish(), timings, training)
+
+
+def _price_at(timelines: Mapping[str, Timeline]) -> Callable[[str, datetime], tuple[float, str] | None]:
+    def price_at(symbol: str, now: datetime) -> tuple[float, str] | None:
+        return timelines[symbol].latest_price(now)
+
+    return price_at
+
+
+def read_prices(directory: Path, symbols: Sequence[str], last: date) -> dict[str, pd.DataFrame]:
+    """Each symbol's bars up to ``last``; a missing or unreadable file is a ``ConfigError``
+    naming it and the problem."""
+    bars = {}
+    for symbol in dict.fromkeys(symbols):
+        path = directory / f"{symbol}.csv"
+        if not path.is_file():
+            raise ConfigError(f"no price file for {symbol}: {path} does not exist")
+        try:
+            frame = read_price_csv(path)
+        except CsvFormatError as exc:
+            raise ConfigError(str(exc)) from None
+        bars[symbol] = frame[frame.index <= last.isoformat()]
+    return bars
+
+
+def task_times(
+    scheduler: SchedulerConfig, service: str, method: str, calendar: AsxCalendar, plan: BacktestPlan
+) -> dict[datetime, tuple[str, ...]]:
+    """When the schedule calls ``service.method`` within the plan, with the symbols each call
+    names (all of the plan's when it names none)."""
+    times: dict[datetime, tuple[str, ...]] = {}
+    for task in scheduler.configured_tasks().values():
+        if task.service != service or task.method != method:
+            continue
+        symbols = tuple(task.params.get("symbols") or plan.symbols)
+        for when in fire_times(task, calendar, plan.begins_at, plan.ends_at):
+            times[when] = tuple(dict.fromkeys((*times.get(when, ()), *symbols)))
+    return times
+
+
+def fire_times(task: Task, calendar: AsxCalendar, first: datetime, end: datetime) -> list[datetime]:
+    """Every fire time of ``task`` from ``first`` up to ``end`` (excluded)."""
+    found: list[datetime] = []
+    after = first - timedelta(microseconds=1)
+    while True:
+        batch = [t for t in task.fire_times(calendar, after) if t < end]
+        if not batch:
+            return found
+        found.extend(batch)
+        after = batch[-1]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def trained_models(
+    plan: BacktestPlan, config: MlModelConfig, bars: Mapping[str, pd.DataFrame]
+) -> tuple[dict[str, Models], dict[str, Any]]:
+    """The models serving each symbol, trained on the bars before ``plan.start`` (from the cache
+    when the same files and settings trained them before), and what training said."""
+    from services.ml_model.training import run_training
+
+    cut = plan.start.isoformat()
+    before = {symbol: frame[frame.index < cut] for symbol, frame in bars.items()}
+    key = _training_key(plan, config, before)
+    root = plan.model_cache / key if plan.model_cache else None
+    report: dict[str, Any] = {"cached": False, "failures": []}
+    if root is not None and (root / "training.json").is_file():
+        report = {**orjson.loads((root / "training.json").read_bytes()), "cached": True}
+    else:
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="backtest-models-"))
+        index = before[config.market_symbol]
+        symbols = {s: before[s] for s in plan.symbols}
+        try:
+            trained = run_training(
+                config,
+                symbols,
+                index,
+                ModelRegistry(scratch / "models"),
+                now=plan.begins_at,
+                source=f"price files in {plan.prices} before {cut}",
+                activate=True,
+            )
+            report = {"cached": False, "failures": list(trained["failures"])}
+        except ValueError as exc:
+            report = {"cached": False, "failures": [f"training failed: {exc}"]}
+        (scratch / "training.json").write_bytes(orjson.dumps({"failures": report["failures"]}))
+        if root is None:
+            root = scratch
+        else:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            if root.exists():
+                shutil.rmtree(root)
+            scratch.replace(root)  # whole or not at all: a run killed while training leaves no cache
+    registry = ModelRegistry(root / "models")
+    label = {"horizon_days": config.horizon, "threshold": config.threshold}
+    serving: dict[str, Models] = {}
+    scopes = registry.scopes() if (root / "models").exists() else []
+    for symbol in plan.symbols:
+        scope = symbol if symbol in scopes else POOLED if POOLED in scopes else None
+        if scope is not None:
+            names = registry.model_names(scope)
+            serving[symbol] = Models(scope, [registry.load(scope, name, label=label) for name in names])
+    return serving, report
+
+
+def _training_key(plan: BacktestPlan, config: MlModelConfig, before: Mapping[str, pd.DataFrame]) -> str:
+    digest = hashlib.sha256(repr(config).encode())
+    digest.update(repr(sorted(plan.symbols)).encode())
+    for symbol in sorted(before):
+        digest.update(symbol.encode())
+        digest.update(pd.util.hash_pandas_object(before[symbol], index=True).to_numpy().tobytes())
+    return digest.hexdigest()[:24]
