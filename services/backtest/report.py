@@ -426,8 +426,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "| | return | CAGR | volatility | Sharpe | Sortino | max drawdown |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *[
-            f"| {name} | {_pct(f.get('total_return'))} | {_pct(f.get('cagr'))} | {_size(f.get('volatility'))} "
-            f"| {_num(f.get('sharpe'))} | {_num(f.get('sortino'))} | {_size(f.get('max_drawdown'))} |"
+            f"| {name} | {_pct(f.get('total_return'))} | {_pct(f.get('cagr'))} "
+            f"| {_size(f.get('volatility'))} | {_num(f.get('sharpe'))} | {_num(f.get('sortino'))} "
+            f"| {_size(f.get('max_drawdown'))} |"
             for name, f in rows
         ],
         "",

@@ -30,7 +30,7 @@ from services.base.service import BaseService, Check
 from services.market_data.bars import COLUMNS, DAILY, complete, key_date, to_columns, to_records
 from services.market_data.config import MarketDataConfig
 from services.market_data.context import NotEnoughHistory, market_context
-from services.market_data.csv_files import CsvSource, ClockedCsvSource
+from services.market_data.csv_files import ClockedCsvSource, CsvSource
 from services.market_data.indicators import indicators, volume_figures
 from services.market_data.quality import assess_quality
 from services.market_data.schema import MIGRATIONS

@@ -1,5 +1,5 @@
-"""The market data service in-process with a simulated clock: history through the clock without look-ahead, and Yahoo
-through its adapter seam (recorded-style frames, then an outage)."""
+"""The market data service in-process with a simulated clock: history through the clock without
+look-ahead, and Yahoo through its adapter seam (recorded-style frames, then an outage)."""
 
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ from services.base.errors import ConfigError, ErrorCode, code_for
 from services.market_data.bars import COLUMNS
 from services.market_data.config import MarketDataConfig, YahooConfig
 from services.market_data.csv_files import (
+    ClockedCsvSource,
     CsvDirectory,
     CsvFormatError,
     CsvSource,
-    ClockedCsvSource,
     read_price_csv,
 )
 from services.market_data.sources import DataUnavailable
@@ -356,7 +356,9 @@ def cba_row(key: str) -> dict[str, float]:
     return row(read_price_csv(shared_prices() / "CBA.AX.csv"), key)
 
 
-async def test_clocked_before_the_open_shows_the_previous_session(clocked: tuple[ClockedCsvSource, Now]) -> None:
+async def test_clocked_before_the_open_shows_the_previous_session(
+    clocked: tuple[ClockedCsvSource, Now],
+) -> None:
     source, now = clocked
     now.when = datetime(2019, 9, 29, 23, 59, 59, tzinfo=UTC)  # 09:59:59 on 30 September in Sydney
     bars = await visible(source, "CBA.AX", now.when)
@@ -378,7 +380,9 @@ async def test_clocked_during_the_session_shows_only_the_open(clocked: tuple[Clo
         assert row(bars, "2019-09-27") == cba_row("2019-09-27")
 
 
-async def test_clocked_at_and_after_the_close_shows_the_whole_bar(clocked: tuple[ClockedCsvSource, Now]) -> None:
+async def test_clocked_at_and_after_the_close_shows_the_whole_bar(
+    clocked: tuple[ClockedCsvSource, Now],
+) -> None:
     source, now = clocked
     now.when = datetime(2019, 9, 30, 5, 59, 59, tzinfo=UTC)
     assert math.isnan((await visible(source, "CBA.AX", now.when)).at["2019-09-30", "close"])

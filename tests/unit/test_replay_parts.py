@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from services.backtest.replay import ReplayPlan, config_text
 from services.base.config import TradingHome
 from services.base.errors import ConfigError
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import RpcServer
-from services.backtest.replay import ReplayPlan, config_text
 from services.market_data.csv_files import read_price_csv
 from services.market_data.synthetic import write_synthetic_market
 
