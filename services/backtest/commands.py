@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import shutil
+import signal
 import sys
 import time
 import tomllib
@@ -116,6 +117,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from services.backtest.fast import BacktestPlan, run_backtest
     from services.backtest.replay import DEFAULT_SYMBOLS
     from services.backtest.report import History, reconciled
+    from services.base.clock import utc_iso
     from services.base.errors import ConfigError
 
     plan = BacktestPlan(
@@ -153,7 +155,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
                 "price": m.price,
                 "price_time": m.price_time,
                 "degraded": m.decision.degraded,
-                "created_at": m.at.isoformat(),
+                "created_at": utc_iso(m.at),
             }
             for m in run.decisions
         ],
@@ -221,30 +223,63 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run_replay(plan: ReplayPlan) -> int:
+    """Prepare the home, start its stack, drive it to the end, report; the stack is stopped
+    however the run ends (Ctrl-C and SIGTERM included)."""
     from services.backtest import replay
     from services.base.simulation import REPLAY_CLOCK
     from services.management.service_manager import LONG_CALL_S, launch_manager, manager
 
-    replay_settings = replay.prepare_home(plan)
-    home = plan.home
-    print(f"replay {plan.start} to {plan.end} of {', '.join(plan.symbols)} in {home.root}", flush=True)
-    env = {REPLAY_CLOCK: str(plan.clock_file)}
-    if launch_manager(home, None, env) != EXIT_OK:
-        return EXIT_FAILED
-    try:
-        result = manager(home, "start", {"services": None, "boot": True}, timeout=LONG_CALL_S)
-        if not result["ok"]:
-            for name, why in result["failed"].items():
-                print(f"FAILED {name}: {why}", file=sys.stderr)
+    with _stop_signals_interrupt():
+        replay_settings = replay.prepare_home(plan)
+        home = plan.home
+        print(f"replay {plan.start} to {plan.end} of {', '.join(plan.symbols)} in {home.root}", flush=True)
+        env = {REPLAY_CLOCK: str(plan.clock_file)}
+        if launch_manager(home, None, env) != EXIT_OK:
             return EXIT_FAILED
         try:
-            figures = asyncio.run(replay.drive(plan, replay_settings, progress=_say))
+            result = manager(home, "start", {"services": None, "boot": True}, timeout=LONG_CALL_S)
+            if not result["ok"]:
+                for name, why in result["failed"].items():
+                    print(f"FAILED {name}: {why}", file=sys.stderr)
+                return EXIT_FAILED
+            with _progress_bar() as bar:
+                figures = asyncio.run(replay.drive(plan, replay_settings, progress=_say, reached=bar))
+            return _replay_report(plan, figures)
         except KeyboardInterrupt:
             print(f"interrupted at {plan.clock_file.read_text()}; stopping the stack", file=sys.stderr)
             return EXIT_FAILED
-        return _replay_report(plan, figures)
+        finally:
+            with _ignoring_stop_signals():  # the stack's stop is not cut short by a second signal
+                manager(home, "stop", {"services": None}, timeout=LONG_CALL_S)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the run as Ctrl-C does (``KeyboardInterrupt``), so what it
+    started is stopped too (by default they would end this process alone)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    before = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
     finally:
-        manager(home, "stop", {"services": None}, timeout=LONG_CALL_S)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _ignoring_stop_signals() -> Iterator[None]:
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (*STOP_SIGNALS, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def replay_plan(settings: Settings, args: argparse.Namespace) -> ReplayPlan:
@@ -316,7 +351,7 @@ def _write(history: History, directory: Path) -> dict[str, Any]:
     report = build_report(history, prices)
     write_report(directory, history, report, prices)
     print((directory / "report.md").read_text())
-    print(f"report: {directory}/report.md, report.json, equity.html, trades.csv")
+    print(f"report: {directory}/report.md, report.json, equity.html, trades.csv, signals.csv")
     return report
 
 

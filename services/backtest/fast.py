@@ -27,7 +27,7 @@ from services.asx.calendar import SYDNEY, AsxCalendar
 from services.backtest.decisions import IndexContext, Made, Models, SymbolHistory, Timeline, predictions
 from services.backtest.replay import DEFAULT_SYMBOLS, history_tables
 from services.backtest.walk import Book, Signal, Walk, moments
-from services.base.config import build_dataclass
+from services.base.config import BASE_SECTIONS, SECTIONS, build_dataclass
 from services.base.errors import ConfigError
 from services.market_data.config import MarketDataConfig
 from services.market_data.csv_files import CsvFormatError, read_price_csv
@@ -62,6 +62,10 @@ class BacktestPlan:
     def ends_at(self) -> datetime:
         return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), SYDNEY).astimezone(UTC)
 
+    def settings(self) -> Settings:
+        """The config the run reads: the replay's, with ``overrides`` merged over it."""
+        return Settings.of(history_tables(self.symbols, self.prices, self.models, self.overrides))
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -75,6 +79,20 @@ class Settings:
 
     @classmethod
     def of(cls, tables: Mapping[str, Any]) -> Settings:
+        """The sections from config tables; every table is checked, those the run does not read
+        too (a mistake in any is named, as ``tradingctl start`` would name it)."""
+        # Imported for their sections ([manager], [sentiment]): a mistake there is named too.
+        import services.management.catalog
+        import services.sentiment.config  # noqa: F401
+
+        for name, table in tables.items():
+            kind = BASE_SECTIONS.get(name) or SECTIONS.get(name)
+            if kind is None:
+                raise ConfigError(f"unknown config section [{name}]")
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"[{name}] must be a table of keys, got {type(table).__name__}")
+            build_dataclass(kind, table, where=name)
+
         def section(name: str, kind: type[T]) -> T:
             return build_dataclass(kind, tables.get(name, {}), where=name)
 
@@ -103,7 +121,7 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
         raise ConfigError(f"--to {plan.end} is before --from {plan.start}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    settings = Settings.of(history_tables(plan.symbols, plan.prices, plan.models, plan.overrides))
+    settings = plan.settings()
     calendar = AsxCalendar()
     sessions = calendar.sessions_between(plan.start, plan.end)
     if not sessions:

@@ -199,7 +199,10 @@ def train_models(plan: ReplayPlan, settings: Settings, progress: Callable[[str],
 
 
 async def drive(
-    plan: ReplayPlan, settings: Settings, progress: Callable[[str], None] = print
+    plan: ReplayPlan,
+    settings: Settings,
+    progress: Callable[[str], None] = print,
+    reached: Callable[[str, float], None] = lambda _stage, _done: None,
 ) -> dict[str, Any]:
     """Move every service from the plan's start to its end, paced by ``plan.speed``; the driver's
     figures (steps, waits, outages, wall_s) and the sessions replayed."""
@@ -227,10 +230,13 @@ async def drive(
     label = " SYNTHETIC" if plan.synthetic else ""
     reported: list[date] = []
 
-    async def on_step(reached: datetime) -> None:
-        day = reached.astimezone(SYDNEY).date()
+    span = (plan.ends_at - plan.begins_at).total_seconds()
+
+    async def on_step(now: datetime) -> None:
+        day = now.astimezone(SYDNEY).date()
+        reached(f"replay {day}{label}", (now - plan.begins_at).total_seconds() / span)
         if plan.speed is not None:
-            due = (reached - plan.begins_at).total_seconds() / plan.speed
+            due = (now - plan.begins_at).total_seconds() / plan.speed
             await asyncio.sleep(max(0.0, due - (time.monotonic() - started)))
             if not reported or day != reported[-1]:  # paced: a line a day, with the book
                 reported.append(day)

@@ -1,7 +1,8 @@
 """The report of a run through history, the same for the stack replay and the back-test.
 
-Written to a directory: ``report.json``, ``report.md``, ``trades.csv`` (one row per fill) and
-``equity.html`` (an SVG chart, no script). It reads what the run produced (``History``: the
+Written to a directory: ``report.json``, ``report.md``, ``trades.csv`` (one row per fill),
+``signals.csv`` (one row per signal paper trading received) and ``equity.html`` (an SVG chart, no
+script). It reads what the run produced (``History``: the
 decisions sent as signals, paper trading's fills and daily equity, as the services answer them
 over RPC or the back-test's ledger holds them) and the price files, for the benchmarks:
 
@@ -56,6 +57,8 @@ TRADE_COLUMNS = (
     "realised",
     "cash",
 )
+SIGNAL_COLUMNS = ("time", "symbol", "price_time", "signal", "confidence", "combined", "regime", "price",
+                  "degraded")  # fmt: skip
 
 Prices = Mapping[str, pd.DataFrame]
 
@@ -70,7 +73,7 @@ class History:
     symbols: tuple[str, ...]
     prices: Path
     synthetic: bool
-    # Each decision sent as a signal: symbol, signal, confidence, combined, price, price_time, degraded.
+    # Each decision sent as a signal, in order: ``SIGNAL_COLUMNS`` with ``created_at`` for the time.
     predictions: Sequence[Mapping[str, Any]]
     fills: Sequence[Mapping[str, Any]]  # as ``ledger.fills_after`` gives them
     equity: Sequence[Mapping[str, Any]]  # as ``ledger.equity_curve`` gives it
@@ -384,6 +387,12 @@ def write_report(directory: Path, history: History, report: Mapping[str, Any], p
         writer.writeheader()
         for row in trade_rows(history):
             writer.writerow({**row, **({"data": "SYNTHETIC"} if history.synthetic else {})})
+    with (directory / "signals.csv").open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=[*SIGNAL_COLUMNS, *(["data"] if history.synthetic else [])])
+        writer.writeheader()
+        for p in history.predictions:
+            row = {name: p.get(name) for name in SIGNAL_COLUMNS} | {"time": p["created_at"]}
+            writer.writerow(row | ({"data": "SYNTHETIC"} if history.synthetic else {}))
     (directory / "equity.html").write_text(equity_html(history, report, prices))
     return directory
 

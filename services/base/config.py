@@ -164,7 +164,7 @@ class Settings:
         return value
 
 
-_BASE_SECTIONS: dict[str, type] = {
+BASE_SECTIONS: dict[str, type] = {
     "redis": RedisConfig,
     "rpc": RpcConfig,
     "logging": LoggingConfig,
@@ -188,7 +188,7 @@ class SectionRegistry:
     def register(self, name: str, cls: type) -> None:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"section [{name}] must be a dataclass")
-        known = self._sections.get(name) or _BASE_SECTIONS.get(name)
+        known = self._sections.get(name) or BASE_SECTIONS.get(name)
         if known is not None and known is not cls:
             raise ValueError(f"section [{name}] is already registered to {known.__name__}")
         self._sections[name] = cls
@@ -227,13 +227,13 @@ def load_settings(
     for name, section in raw.items():
         if not isinstance(section, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {type(section).__name__}")
-        cls = _BASE_SECTIONS.get(name) or registry.get(name)
+        cls = BASE_SECTIONS.get(name) or registry.get(name)
         if cls is None:
             if name in STACK_SECTIONS:
                 continue
             raise ConfigError(f"unknown config section [{name}]")
         parsed: Any = build_dataclass(cls, section, where=name)
-        (values if name in _BASE_SECTIONS else extra)[name] = parsed
+        (values if name in BASE_SECTIONS else extra)[name] = parsed
     for name, cls in registry.items():
         extra.setdefault(name, cls())
     return Settings(home=home, sections=types.MappingProxyType(extra), **values)
@@ -259,7 +259,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], registry: SectionReg
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
         section, key = parts
-        cls = _BASE_SECTIONS.get(section) or registry.get(section)
+        cls = BASE_SECTIONS.get(section) or registry.get(section)
         if cls is None:
             if section in STACK_SECTIONS:
                 continue
