@@ -2,7 +2,7 @@
 
 A thin layer over exchange_calendars' XASX calendar. It is built once per process with an explicit
 range, because the library's default covers only the last 20 years and the next one, and lookups
-are bisections over plain lists, so a replay can ask millions of times.
+are bisections over plain lists, so a run through years of history can ask millions of times.
 """
 
 from __future__ import annotations

@@ -55,20 +55,12 @@ class SimulatedClock:
     ``advance`` moves time forward, waking every sleeper whose deadline falls inside the step in
     deadline order, and lets the woken tasks run (and set new timers) before moving on. So a test
     can run a whole trading day of timers in milliseconds.
-
-    A woken task counts as ``awake`` until it sleeps on this clock again or ends: the work a
-    timer started, including its waits on threads and sockets, which a replay must let finish
-    before it moves time on. So a task woken by this clock must come back to it or end: one that
-    goes on to wait for something else indefinitely keeps a replay from moving. ``track`` counts a
-    task as awake before any timer has woken it (a loop that works first and sleeps after).
     """
 
     def __init__(self, start: datetime) -> None:
         self._now = _require_aware(start).astimezone(UTC)
         self._timers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
-        self._sleepers: dict[asyncio.Future[None], asyncio.Task[object]] = {}
-        self._awake: set[asyncio.Task[object]] = set()
 
     def now(self) -> datetime:
         return self._now
@@ -83,24 +75,7 @@ class SimulatedClock:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._timers, (when, next(self._sequence), waiter))
-        task = asyncio.current_task()
-        if task is not None:
-            self._awake.discard(task)
-            self._sleepers[waiter] = task
-        try:
-            await waiter
-        finally:
-            self._sleepers.pop(waiter, None)
-
-    def track(self, task: asyncio.Task[object]) -> None:
-        """Count ``task`` as awake until it first sleeps on this clock (or ends)."""
-        self._awake.add(task)
-
-    @property
-    def awake(self) -> int:
-        """Tasks a timer woke (or ``track`` named) that have neither slept on this clock again nor ended."""
-        self._awake = {task for task in self._awake if not task.done()}
-        return len(self._awake)
+        await waiter
 
     @property
     def pending_timers(self) -> int:
@@ -127,9 +102,6 @@ class SimulatedClock:
             if waiter.done():  # the sleeper was cancelled
                 continue
             self._now = max(self._now, when)
-            task = self._sleepers.get(waiter)
-            if task is not None:
-                self._awake.add(task)
             waiter.set_result(None)
             await _let_tasks_run()
         self._now = target

@@ -1,7 +1,8 @@
 """Run one service in the foreground: ``python -m services.<name>`` calls ``run_service``.
 
 Loads settings (a config error exits with status 2 and a message naming the key), sets up
-logging, uses uvloop when installed, turns SIGTERM/SIGINT into a graceful, bounded shutdown.
+logging, uses uvloop when installed, turns SIGTERM/SIGINT into a graceful, bounded shutdown. When
+the environment asks for one, the service runs in a simulation (``services.base.simulation``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from services.base.clock import SimulatedClock
 from services.base.config import Settings, load_settings
 from services.base.errors import ConfigError, OperationalError
 from services.base.logs import configure_logging
 from services.base.service import BaseService
+from services.base.simulation import Simulation
 
 log = logging.getLogger("services.runner")
 
@@ -30,20 +29,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
-# Set by a replay: the path of a file holding the replay's current time (ISO). The service runs on
-# a simulated clock starting there, so one restarted mid-replay joins at the replay's time.
-REPLAY_CLOCK = "TRADING_REPLAY_CLOCK"
-
 
 def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
     try:
         settings = load_settings()
         settings.home.create()
-        clock_file = os.environ.get(REPLAY_CLOCK)
-        if clock_file and "clock" not in service_kwargs:
-            # A replay: every process on a simulated clock, moved by the driver (the replay.advance
-            # RPC), so the stack runs through history at its own pace.
-            service_kwargs = {**service_kwargs, "clock": SimulatedClock(replay_time(Path(clock_file)))}
+        # A caller that brings its own clock (a test's) keeps it.
+        simulation = Simulation.from_environment() if "clock" not in service_kwargs else None
+        if simulation is not None:
+            service_kwargs = {**service_kwargs, "simulation": simulation}
     except ConfigError as exc:
         print(f"{service_class.name}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -59,13 +53,6 @@ def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
     raise_open_file_limit()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve(service_class, settings, service_kwargs))
-
-
-def replay_time(clock_file: Path) -> datetime:
-    try:
-        return datetime.fromisoformat(clock_file.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{REPLAY_CLOCK}: cannot read the replay's time from {clock_file}: {exc}") from exc
 
 
 async def _serve(service_class: type[BaseService], settings: Settings, kwargs: dict[str, Any]) -> int:

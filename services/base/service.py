@@ -13,16 +13,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, TypeVar
 
 import psutil
 
-from services.base.clock import Clock, SimulatedClock, SystemClock, utc_iso
+from services.base.clock import Clock, SystemClock, utc_iso
 from services.base.config import Settings
 from services.base.db import Database
-from services.base.errors import InvalidParams, OperationalError, Rejected
+from services.base.errors import OperationalError
 from services.base.events import EventBus, EventType
 from services.base.metrics import Metrics
 from services.base.redis_server import redis_url
@@ -30,6 +29,10 @@ from services.base.rpc import protocol
 from services.base.rpc.client import RpcClient
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import PeerUid, RpcServer
+from services.base.work import Work
+
+if TYPE_CHECKING:
+    from services.base.simulation import Simulation
 
 log = logging.getLogger("services.service")
 
@@ -87,10 +90,18 @@ class BaseService:
         clock: Clock | None = None,
         bus: EventBus | None = None,
         peer_uid: PeerUid = protocol.peer_uid,
+        simulation: Simulation | None = None,
     ) -> None:
+        """``simulation`` (``services.base.simulation``; the runner passes one when the environment
+        asks for it) brings the clock, the account of work and of calls out, and methods of its own."""
+        if simulation is not None and clock is not None:
+            raise ValueError("a simulation brings its own clock")
         self.settings = settings
         self.home = settings.home
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = simulation.clock if simulation is not None else clock or SystemClock()
+        # The work this service does for its clock's timers (see spawn's on_clock, and Work).
+        self.timer_work: Work = simulation.work if simulation is not None else Work(self.clock)
+        self._on_call = simulation.count_call if simulation is not None else None
         self.stats = Metrics()
         self.state = ServiceState.CREATED
         self.db: Database | None = None
@@ -110,6 +121,8 @@ class BaseService:
             peer_uid=peer_uid,
             label={"synthetic": True} if self.home.synthetic else None,
         )
+        if simulation is not None:
+            simulation.install(self)
 
     @property
     def bus(self) -> EventBus:
@@ -202,13 +215,17 @@ class BaseService:
             raise RuntimeError(f"{self.name}: no database open (uses_database, after start)")
         return await self.db.run(work)
 
-    def peer(self, service: str, *, timeout: float) -> RpcClient:
+    def peer(self, service: str, *, timeout: float, connect_attempts: int | None = None) -> RpcClient:
         """A client for another service of this home. A call to a peer that is restarting tries
-        to connect ``rpc.connect_attempts`` times (backing off) before it fails."""
+        to connect ``connect_attempts`` (default ``rpc.connect_attempts``) times, backing off,
+        before it fails."""
+        if connect_attempts is None:
+            connect_attempts = self.settings.rpc.connect_attempts
         return RpcClient(
             self.home.socket_path(service),
             timeout=timeout,
-            connect_attempts=self.settings.rpc.connect_attempts,
+            connect_attempts=connect_attempts,
+            on_call=self._on_call,
         )
 
     async def _stop(self) -> None:
@@ -229,12 +246,12 @@ class BaseService:
     ) -> asyncio.Task[Any]:
         """Run a background task that is tracked, named, cancelled at stop, and logged if it fails.
 
-        ``on_clock``: the task's work is paced by the clock (a loop that works, then sleeps on the
-        clock). On a simulated clock it counts as busy until it first sleeps, so a replay waits
-        for what a process does as it starts (a restarted one included)."""
+        ``on_clock``: the task is work for the clock's timers (a loop that works, then sleeps on the
+        clock): ``timer_work`` counts it from now, so what a process does as it starts (a restarted
+        one included) is waited for like what a timer starts."""
         task = asyncio.create_task(coroutine, name=f"{self.name}:{name}")
-        if on_clock and isinstance(self.clock, SimulatedClock):
-            self.clock.track(task)
+        if on_clock:
+            self.timer_work.track(task)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -351,46 +368,6 @@ class BaseService:
         """Stop the service gracefully after answering: calls in flight get a bounded drain."""
         self.request_shutdown("shutdown RPC")
         return {"service": self.name, "stopping": True}
-
-    # -- replay: one simulated time for every process ----------------------------------------
-
-    @rpc_method(name="replay.status", idempotent=True)
-    async def replay_status(self) -> dict[str, Any]:
-        """On a simulated clock (a replay): its time, its next timer, and whether this process is
-        still at work (calls in flight besides this one, durable events not yet sent, work a timer
-        started and has not finished)."""
-        clock = self._simulated_clock()
-        deadline = clock.next_deadline()
-        return {
-            "service": self.name,
-            "now": utc_iso(clock.now()),
-            "next_deadline": utc_iso(deadline) if deadline else None,
-            # Calls being served (besides this one) and calls made and not yet answered.
-            "in_flight": max(0, self.rpc.in_flight - 1) + RpcClient.outgoing,
-            "outbox_pending": await self.bus.outbox_pending() if self._bus is not None and self.db else 0,
-            "busy": clock.awake > 0 or self.replay_busy(),
-        }
-
-    def replay_busy(self) -> bool:
-        """Work under way that is neither a call nor a timer (e.g. a scheduled task between its
-        timer and its call). A replay steps only when every process says False. Override."""
-        return False
-
-    @rpc_method(name="replay.advance")
-    async def replay_advance(self, to: datetime) -> dict[str, Any]:
-        """On a simulated clock: move to ``to``, firing this process's timers on the way in order.
-        Time never goes back: an earlier ``to`` is -32602."""
-        clock = self._simulated_clock()
-        if to < clock.now():
-            raise InvalidParams(f"the clock is at {utc_iso(clock.now())}, after {utc_iso(to)}", field="to")
-        await clock.advance_to(to)
-        status: dict[str, Any] = await self.replay_status()
-        return status
-
-    def _simulated_clock(self) -> SimulatedClock:
-        if not isinstance(self.clock, SimulatedClock):
-            raise Rejected(f"{self.name} runs on the real clock, not a replay", reason="not_replaying")
-        return self.clock
 
     @rpc_method(name="rpc.discover", idempotent=True)
     def discover(self) -> dict[str, Any]:

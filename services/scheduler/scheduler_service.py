@@ -74,16 +74,12 @@ class SchedulerService(BaseService):
         self.entries: dict[str, Entry] = {}
         self._clients: dict[str, RpcClient] = {}
         # Task id -> a future that completes when its run ends. Taken before the first await of a
-        # launch, so one task never has two runs at once, whatever interleaves.
+        # launch, so one task never has two runs at once, whatever interleaves. A claim is work
+        # for the clock's timers until its run ends (``self.timer_work``), as is the loop.
         self._claims: dict[str, asyncio.Future[None]] = {}
         self._runs: set[asyncio.Task[RunSummary]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        # What the loop and the runs are waiting for, so ``idle`` can tell a replay when to step.
-        self._loop_waiting = False
-        self._loop_wakes_at: datetime | None = None
-        self._backoffs: list[datetime] = []  # wake times of runs sleeping between attempts
-        self._waiting_on: dict[int, asyncio.Future[None]] = {}  # run id -> its dependency's claim
         self._pruned_on: date | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -103,7 +99,7 @@ class SchedulerService(BaseService):
             entry.last_run = runs[0] if runs else None
             entry.last_ran = next((run for run in runs if run.outcome in RAN), None)
             entry.consecutive_failures = consecutive_failures(runs)
-        self._loop_task = self.spawn(self._run_loop(planned, interrupted), name="loop")
+        self._loop_task = self.spawn(self._run_loop(planned, interrupted), name="loop", on_clock=True)
 
     async def _load_tasks(self, now: datetime) -> dict[str, datetime]:
         """Build the task set from config and the stored changes; returns the stored next runs."""
@@ -226,34 +222,23 @@ class SchedulerService(BaseService):
 
     async def _wait(self, until: datetime | None) -> None:
         """Sleep on the clock until ``until``, or until the task set changes."""
+        loop_task = asyncio.current_task()
+        assert loop_task is not None
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
         if until is not None:
             waiters.append(asyncio.ensure_future(self.clock.sleep_until(until)))
         await asyncio.sleep(0)  # let the sleeper reach the clock, so a simulated clock sees its timer
-        self._loop_waiting, self._loop_wakes_at = True, until
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            with self.timer_work.resting(loop_task, until=until, wake=[self._changed]):
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._loop_waiting = False
             for waiter in waiters:
                 waiter.cancel()
 
     @property
     def idle(self) -> bool:
-        """Everything is waiting for a later time on the clock: what a replay waits for before stepping."""
-        now = self.clock.now()
-        running = sum(1 for claim in self._claims.values() if not claim.done())
-        waiting = len(self._backoffs) + sum(1 for claim in self._waiting_on.values() if not claim.done())
-        return (
-            self._loop_waiting
-            and not self._changed.is_set()
-            and (self._loop_wakes_at is None or self._loop_wakes_at > now)
-            and all(wake > now for wake in self._backoffs)
-            and running == waiting
-        )
-
-    def replay_busy(self) -> bool:
-        return not self.idle
+        """The loop and every run are waiting, for a later time on the clock or for another run."""
+        return not self.timer_work.busy
 
     async def _fire_due(self, entry: Entry, now: datetime, *, trigger: str) -> None:
         """Handle the fire times of ``entry`` up to ``now``: run the latest if on time, record misses.
@@ -333,6 +318,7 @@ class SchedulerService(BaseService):
             return None
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._claims[task_id] = claim
+        self.timer_work.track(claim)
 
         def release(done: asyncio.Future[None]) -> None:
             if self._claims.get(task_id) is done:
@@ -344,7 +330,7 @@ class SchedulerService(BaseService):
     def _start_run(
         self, task: Task, run: RunSummary, claim: asyncio.Future[None], *, force: bool
     ) -> asyncio.Task[RunSummary]:
-        running = asyncio.create_task(self._execute(task, run, force), name=f"run:{task.id}")
+        running = asyncio.create_task(self._execute(task, run, claim, force), name=f"run:{task.id}")
         self._runs.add(running)
 
         def finished(done: asyncio.Task[RunSummary]) -> None:
@@ -355,16 +341,18 @@ class SchedulerService(BaseService):
         running.add_done_callback(finished)
         return running
 
-    async def _execute(self, task: Task, run: RunSummary, force: bool) -> RunSummary:
+    async def _execute(
+        self, task: Task, run: RunSummary, claim: asyncio.Future[None], force: bool
+    ) -> RunSummary:
         trace_var.set(f"task-{task.id}-{run.id}")
         outcome: str
         error: str | None
         try:
-            blocked = None if force else await self._unmet_dependency(task, run)
+            blocked = None if force else await self._unmet_dependency(task, claim)
             if blocked is not None:
                 outcome, error, result = "blocked", blocked, None
             else:
-                outcome, error, result = await self._attempts(task, run)
+                outcome, error, result = await self._attempts(task, run, claim)
         except asyncio.CancelledError:
             finished = await self.store.interrupt_run(run, self.clock.now(), STOPPED_DURING_RUN)
             self._remember(task.id, finished)
@@ -395,19 +383,16 @@ class SchedulerService(BaseService):
         elif run.outcome in FAILURES:
             entry.consecutive_failures += 1
 
-    async def _unmet_dependency(self, task: Task, run: RunSummary) -> str | None:
+    async def _unmet_dependency(self, task: Task, claim: asyncio.Future[None]) -> str | None:
         """Why ``task`` may not run now, or None: each dependency's latest run today succeeded."""
         for dependency in task.depends_on:
             other = self.entries.get(dependency)
             if other is None:
                 return f"depends on {dependency!r}, which is not scheduled"
-            claim = self._claims.get(dependency)
-            if claim is not None and not claim.done():  # due at the same time: wait, retries included
-                self._waiting_on[run.id] = claim
-                try:
-                    await asyncio.wait([claim])
-                finally:
-                    del self._waiting_on[run.id]
+            theirs = self._claims.get(dependency)
+            if theirs is not None and not theirs.done():  # due at the same time: wait, retries included
+                with self.timer_work.resting(claim, wake=[theirs]):
+                    await asyncio.wait([theirs])
             today = self.clock.now().astimezone(SYDNEY).date()
             last = other.last_ran
             if last is None or datetime.fromisoformat(last.started_at).astimezone(SYDNEY).date() != today:
@@ -417,7 +402,9 @@ class SchedulerService(BaseService):
                 return f"depends on {dependency!r}, whose last run today {last.outcome}{detail}"
         return None
 
-    async def _attempts(self, task: Task, run: RunSummary) -> tuple[str, str | None, Any]:
+    async def _attempts(
+        self, task: Task, run: RunSummary, claim: asyncio.Future[None]
+    ) -> tuple[str, str | None, Any]:
         """Call the task's method, retrying with back-off; (outcome, error, result).
 
         The last attempt is left open: ``finish_run`` closes it with the run, in one transaction.
@@ -436,11 +423,8 @@ class SchedulerService(BaseService):
                 delay = task.backoff(attempt)
                 log.info("task %s attempt %d failed (%s); retrying in %gs", task.id, attempt, error, delay)
                 wake = self.clock.now() + timedelta(seconds=delay)
-                self._backoffs.append(wake)
-                try:
+                with self.timer_work.resting(claim, until=wake):
                     await self.clock.sleep_until(wake)
-                finally:
-                    self._backoffs.remove(wake)
                 continue
             return "succeeded", None, result
 
@@ -448,9 +432,7 @@ class SchedulerService(BaseService):
         client = self._clients.get(task.service)
         if client is None:
             # One connection attempt per call: the task's own retries do the waiting.
-            client = RpcClient(
-                self.home.socket_path(task.service), timeout=task.timeout_s, connect_attempts=1
-            )
+            client = self.peer(task.service, timeout=task.timeout_s, connect_attempts=1)
             self._clients[task.service] = client
         return await client.call(
             task.method, dict(task.params), timeout=task.timeout_s, idempotent=False, trace=trace_var.get()

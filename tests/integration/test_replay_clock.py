@@ -11,16 +11,17 @@ from typing import Any
 
 import pytest
 
-from services.base.clock import SimulatedClock, utc_iso
+from services.backtest.driver import ReplayDriver
+from services.base.clock import utc_iso
 from services.base.config import TradingHome, load_settings
-from services.base.errors import InvalidParams, Rejected
+from services.base.errors import DependencyUnavailable, InvalidParams, MethodNotFound
 from services.base.redis_server import EmbeddedRedis
 from services.base.rpc import rpc_method
 from services.base.rpc.client import RpcClient
 from services.base.service import BaseService
-from services.backtest.driver import ReplayDriver
+from services.base.simulation import Simulation
 from services.scheduler.scheduler_service import SchedulerService
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, eventually
 
 START = datetime(2015, 3, 2, 22, 0, tzinfo=UTC)
 
@@ -41,7 +42,7 @@ class Ticker(BaseService):
 
 
 async def test_advance_fires_the_timers_on_the_way(home: TradingHome, redis: EmbeddedRedis) -> None:
-    service = Ticker(load_settings(home, env={"REDIS_URL": redis.url}), clock=SimulatedClock(START))
+    service = Ticker(load_settings(home, env={"REDIS_URL": redis.url}), simulation=Simulation(START))
     await service.start()
     try:
         async with RpcClient(home.socket_path("ticker"), timeout=10) as client:
@@ -77,7 +78,7 @@ class SlowTicker(Ticker):
 
 
 async def test_a_process_is_busy_while_its_timer_work_runs(home: TradingHome, redis: EmbeddedRedis) -> None:
-    service = SlowTicker(load_settings(home, env={"REDIS_URL": redis.url}), clock=SimulatedClock(START))
+    service = SlowTicker(load_settings(home, env={"REDIS_URL": redis.url}), simulation=Simulation(START))
     await service.start()
     try:
         async with RpcClient(home.socket_path("ticker"), timeout=10) as client:
@@ -92,14 +93,17 @@ async def test_a_process_is_busy_while_its_timer_work_runs(home: TradingHome, re
         await service.stop()
 
 
-async def test_a_service_on_the_real_clock_refuses(home: TradingHome, redis: EmbeddedRedis) -> None:
+async def test_a_service_outside_a_replay_has_no_replay_methods(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
     service = Ticker(load_settings(home, env={"REDIS_URL": redis.url}))
     await service.start()
     try:
         async with RpcClient(home.socket_path("ticker"), timeout=10) as client:
-            with pytest.raises(Rejected) as caught:
+            with pytest.raises(MethodNotFound):
                 await client.call("replay.status")
-            assert caught.value.data["reason"] == "not_replaying"
+            described = await client.call("rpc.discover")
+            assert not [m for m in described["methods"] if m["name"].startswith("replay.")]
     finally:
         await service.stop()
 
@@ -165,7 +169,7 @@ class Caller(BaseService):
 
     async def _start(self) -> None:
         self.answers: list[Any] = []  # what the callee answered
-        self.callee = RpcClient(self.home.socket_path("callee"), timeout=10)
+        self.callee = self.peer("callee", timeout=10)
         self.spawn(self._daily(), name="daily")
 
     async def _stop(self) -> None:
@@ -181,9 +185,9 @@ async def test_the_driver_moves_processes_together_through_their_timers(
     home: TradingHome, redis: EmbeddedRedis
 ) -> None:
     settings = load_settings(home, env={"REDIS_URL": redis.url})
-    callee = Callee(settings, clock=SimulatedClock(START))
-    ticker = Ticker(settings, clock=SimulatedClock(START))
-    caller = Caller(settings, clock=SimulatedClock(START))
+    callee = Callee(settings, simulation=Simulation(START))
+    ticker = Ticker(settings, simulation=Simulation(START))
+    caller = Caller(settings, simulation=Simulation(START))
     async with driven(callee, ticker, caller) as driver:
         await driver.run(START + timedelta(days=3))
         # Three calls, each answered at the callee's own time, which is the caller's fire time.
@@ -227,8 +231,8 @@ async def test_a_callee_finishes_its_timer_work_before_a_caller_due_at_the_same_
     home: TradingHome, redis: EmbeddedRedis
 ) -> None:
     settings = load_settings(home, env={"REDIS_URL": redis.url})
-    callee = Refresher(settings, clock=SimulatedClock(START))
-    caller = Caller(settings, clock=SimulatedClock(START))
+    callee = Refresher(settings, simulation=Simulation(START))
+    caller = Caller(settings, simulation=Simulation(START))
     async with driven(callee, caller) as driver:
         await driver.run(START + timedelta(days=3))
     assert caller.answers == [1, 2, 3]  # each day's refresh done before that day's call
@@ -243,8 +247,8 @@ async def test_the_scheduler_fires_its_tasks_at_their_times_through_a_replay(
     )
     settings = load_settings(home, env={"REDIS_URL": redis.url})
     monday = datetime(2015, 3, 1, 22, 0, tzinfo=UTC)  # Monday 09:00 in Sydney
-    callee = Callee(settings, clock=SimulatedClock(monday))
-    scheduler = SchedulerService(settings, clock=SimulatedClock(monday))
+    callee = Callee(settings, simulation=Simulation(monday))
+    scheduler = SchedulerService(settings, simulation=Simulation(monday))
     await callee.start()
     await scheduler.start()
     clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "scheduler")}
@@ -252,6 +256,94 @@ async def test_the_scheduler_fires_its_tasks_at_their_times_through_a_replay(
         await ReplayDriver(clients).run(monday + timedelta(days=7))
         # 10:30 in Sydney (AEDT, UTC+11) on the five sessions of the week.
         assert callee.seen == [f"2015-03-0{d}T23:30:00.000000+00:00" for d in (1, 2, 3, 4, 5)]
+    finally:
+        for client in clients.values():
+            await client.close()
+        await scheduler.stop()
+        await callee.stop()
+
+
+class Gate(BaseService):
+    """Answers ``work`` only once its gate is open."""
+
+    name = "callee"
+
+    async def _start(self) -> None:
+        self.gate = asyncio.Event()
+
+    @rpc_method
+    async def work(self) -> str:
+        await self.gate.wait()
+        return "done"
+
+
+async def test_a_call_waiting_for_its_answer_keeps_the_caller_in_flight(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    callee = Gate(settings)
+    caller = Caller(settings, simulation=Simulation(START))
+    await callee.start()
+    await caller.start()
+    try:
+        async with RpcClient(home.socket_path("caller"), timeout=10) as client:
+            await client.call("replay.advance", {"to": next_2330(START).isoformat()})
+            status = await client.call("replay.status")
+            assert status["in_flight"] == 1  # its call to the callee, not the status call itself
+            assert status["busy"] is True  # and the timer's work that made it
+            callee.gate.set()
+            await eventually(lambda: caller.answers == ["done"])
+            await asyncio.sleep(0)
+            status = await client.call("replay.status")
+            assert (status["in_flight"], status["busy"]) == (0, False)
+    finally:
+        await caller.stop()
+        await callee.stop()
+
+
+class Flaky(Callee):
+    """``work`` fails the first ``failures`` times it is called."""
+
+    async def _start(self) -> None:
+        await super()._start()
+        self.failures = 2
+
+    @rpc_method
+    async def work(self) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise DependencyUnavailable("not yet")
+        return await super().work()
+
+    @rpc_method
+    async def after(self) -> str:
+        return await super().work()
+
+
+async def test_a_scheduled_task_retrying_and_one_waiting_for_it_move_with_the_replay(
+    home: TradingHome, redis: EmbeddedRedis
+) -> None:
+    """A run resting between attempts, and a run resting until the run it depends on ends, are
+    not work: the replay moves on to the retry's time, and the dependent runs after it."""
+    home.config_file.write_text(
+        "[scheduler]\ndefault_tasks = false\n"
+        '[scheduler.tasks.first]\nservice = "callee"\nmethod = "work"\nschedule = { at = "10:30" }\n'
+        "retries = 2\nretry_backoff_s = 600\n"
+        '[scheduler.tasks.second]\nservice = "callee"\nmethod = "after"\nschedule = { at = "10:30" }\n'
+        'depends_on = ["first"]\n'
+    )
+    settings = load_settings(home, env={"REDIS_URL": redis.url})
+    monday = datetime(2015, 3, 1, 22, 0, tzinfo=UTC)  # Monday 09:00 in Sydney
+    callee = Flaky(settings, simulation=Simulation(monday))
+    scheduler = SchedulerService(settings, simulation=Simulation(monday))
+    await callee.start()
+    await scheduler.start()
+    clients = {name: RpcClient(home.socket_path(name), timeout=10) for name in ("callee", "scheduler")}
+    try:
+        await ReplayDriver(clients).run(monday + timedelta(hours=3))
+        # Fails at 10:30 and 10:40 in Sydney, succeeds at 10:50 (600 s apart at most); the second
+        # task, waiting for it all along, runs right after, at the same time.
+        assert callee.seen == ["2015-03-01T23:50:00.000000+00:00"] * 2
     finally:
         for client in clients.values():
             await client.close()

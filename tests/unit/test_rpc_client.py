@@ -197,6 +197,22 @@ async def test_timeout_raises_and_the_client_stays_usable(
     assert client.reconnects == 0
 
 
+async def test_the_on_call_hook_sees_each_call_start_and_end(server: RpcServer, target: Target) -> None:
+    changes: list[int] = []
+    async with RpcClient(server.socket_path, timeout=10.0, on_call=changes.append) as client:
+        waiting = [asyncio.create_task(client.call("wait_gate", {"tag": f"t{n}"})) for n in range(3)]
+        await eventually(lambda: target.blocked == 3)
+        assert sum(changes) == 3  # three calls waiting for their answers
+        with pytest.raises(Rejected):
+            await client.call("refuse", {"reason": "no"})
+        assert sum(changes) == 3  # a call that failed has ended too
+        await client.notify("note", {"text": "not a call"})
+        assert await client.call("open_gate") is True
+        await asyncio.gather(*waiting)
+    assert sum(changes) == 0
+    assert changes.count(1) == changes.count(-1) == 5
+
+
 # -- connecting and reconnecting ------------------------------------------------------------
 
 

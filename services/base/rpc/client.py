@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -96,9 +97,6 @@ class _ClientProtocol(asyncio.Protocol):
 class RpcClient:
     """A client for one service socket. Use as ``async with RpcClient(path) as client:``."""
 
-    # Calls this process has waiting for an answer, over every client: a replay waits for none.
-    outgoing: ClassVar[int] = 0
-
     def __init__(
         self,
         socket_path: Path | str,
@@ -107,12 +105,16 @@ class RpcClient:
         connect_attempts: int = 5,
         first_backoff: float = 0.05,
         max_backoff: float = 2.0,
+        on_call: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_call``: told +1 as each call starts and -1 as it ends (answered or failed), e.g.
+        to count the calls a process has waiting for an answer."""
         self.socket_path = str(socket_path)
         self.timeout = timeout
         self.connect_attempts = max(1, connect_attempts)
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
+        self.on_call = on_call
         self._protocol: _ClientProtocol | None = None
         self._connecting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
@@ -146,13 +148,14 @@ class RpcClient:
         trace: str | None = None,
     ) -> Any:
         """Call ``method`` and return its result, or raise the error the server answered with."""
-        # A replay driver's own calls (replay.*) are not work of the process it runs in.
-        counted = 0 if method.startswith("replay.") else 1
-        RpcClient.outgoing += counted
+        on_call = self.on_call
+        if on_call is None:
+            return await self._call(method, params, timeout=timeout, idempotent=idempotent, trace=trace)
+        on_call(1)
         try:
             return await self._call(method, params, timeout=timeout, idempotent=idempotent, trace=trace)
         finally:
-            RpcClient.outgoing -= counted
+            on_call(-1)
 
     async def _call(
         self,

@@ -69,11 +69,15 @@ class MethodTable:
     @classmethod
     def from_object(cls, target: object) -> MethodTable:
         table = cls()
+        table.add_object(target)
+        return table
+
+    def add_object(self, target: object) -> None:
+        """Add the ``@rpc_method`` methods of ``target``, bound to it."""
         for attr in _marked_attributes(type(target)):
             bound = getattr(target, attr)
             mark: RpcMark = getattr(bound, _MARK)
-            table.add(mark.name or attr, bound, idempotent=mark.idempotent)
-        return table
+            self.add(mark.name or attr, bound, idempotent=mark.idempotent)
 
     def add(self, name: str, func: Callable[..., Any], *, idempotent: bool = False) -> None:
         if name in self._methods:
