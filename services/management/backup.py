@@ -106,7 +106,7 @@ def restore_hint(home: TradingHome) -> str:
             "  1. tradingctl stop <svc>",
             f"  2. cp {backups}/<YYYY-MM-DD>/<svc>.db {data}/<svc>.db",
             f"  3. rm -f {data}/<svc>.db-wal {data}/<svc>.db-shm",
-            "     (the old write-ahead log belongs to the replaced database and must not be replayed"
+            "     (the old write-ahead log belongs to the replaced database and must not be applied"
             " onto the restored one)",
             "  4. tradingctl start <svc>",
         ]

@@ -22,8 +22,8 @@ from services.paper_trading.ledger import Position, cents_of
 from services.paper_trading.rules import Costs, Portfolio, buy_quantity, check_buy
 
 Side = Literal["BUY", "SELL"]
-# The SQL order in which orders waiting for a price are worked: deterministic, so a replay of the
-# stack and the back-test fill the same orders in the same order.
+# The SQL order in which orders waiting for a price are worked: deterministic, so the stack run
+# through history and the back-test fill the same orders in the same order.
 PENDING_ORDER = "created_at, symbol, id"
 
 
