@@ -42,6 +42,7 @@ from services.base.errors import ConfigError
 from services.base.events import SIGNALS_STREAM
 from services.base.redis_server import redis_url
 from services.base.rpc import RpcClient
+from services.sentiment.config import BIG4 as SENTIMENT_BIG4
 
 # Callees before callers: the driver advances them in this order.
 DRIVEN = ("market_data", "sentiment", "ml_model", "prediction", "paper_trading", "scheduler")
@@ -120,7 +121,12 @@ def history_tables(
     tables: dict[str, Any] = {
         "rpc": {"connect_attempts": 12},
         "market_data": {"source": "clocked_csv", "csv_dir": str(prices.absolute()), "symbols": list(symbols)},
-        "sentiment": {"symbols": list(symbols), "marketaux": {"enabled": False}, "rss": {"enabled": False}},
+        # Sentiment keeps its Big 4 view whatever is replayed (it has no news here either way).
+        "sentiment": {
+            "symbols": list(dict.fromkeys([*symbols, *SENTIMENT_BIG4])),
+            "marketaux": {"enabled": False},
+            "rss": {"enabled": False},
+        },
         "ml_model": {
             "symbols": list(symbols),
             "models": list(models),
