@@ -390,7 +390,8 @@ def write_report(directory: Path, history: History, report: Mapping[str, Any], p
     with (directory / "signals.csv").open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=[*SIGNAL_COLUMNS, *(["data"] if history.synthetic else [])])
         writer.writeheader()
-        for p in history.predictions:
+        # By time, then symbol: a round's predictions are made concurrently, in no fixed order.
+        for p in sorted(history.predictions, key=lambda p: (p["created_at"], p["symbol"])):
             row = {name: p.get(name) for name in SIGNAL_COLUMNS} | {"time": p["created_at"]}
             writer.writerow(row | ({"data": "SYNTHETIC"} if history.synthetic else {}))
     (directory / "equity.html").write_text(equity_html(history, report, prices))
