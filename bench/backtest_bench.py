@@ -10,7 +10,7 @@ Prints, on the shared prices (a generated, SYNTHETIC market without them):
 - the floor: TA-Lib's indicators and one ``predict_proba`` over the same rows, which any
   back-test of these signals must do;
 - the back-test's growth with the universe: 4, 50 and 200 symbols of a generated market over
-  2019-2021 (logistic models, one fold), per symbol.
+  2019-2021 (one pooled logistic model serves them all; its training is not counted), per symbol.
 
 Ratios: the replay's time per session over the back-test's; the back-test's time over the floor.
 """
@@ -74,8 +74,20 @@ def floor(plan: BacktestPlan) -> float:
 
 def replay_per_session(prices: Path, workdir: Path) -> float:
     home = workdir / "replay"
-    command = [sys.executable, "-m", "services.management", "replay", "--from", REPLAY[0].isoformat(),
-               "--to", REPLAY[1].isoformat(), "--prices", str(prices), "--home", str(home)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "services.management",
+        "replay",
+        "--from",
+        REPLAY[0].isoformat(),
+        "--to",
+        REPLAY[1].isoformat(),
+        "--prices",
+        str(prices),
+        "--home",
+        str(home),
+    ]
     env = dict(os.environ, TRADING_HOME=str(workdir / "unused"), PYTHONPATH=str(ROOT))
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -102,27 +114,36 @@ def main() -> None:
         floor_s = floor(plan)
         print(f"back-test {LONG[0]} to {LONG[1]}, Big 4{label}, default config")
         print(f"  training (once, then cached):  {training:6.2f} s")
-        print(f"  back-test, models cached:      {seconds:6.2f} s  ({sessions} sessions, "
-              f"{seconds / sessions * 1000:.2f} ms a session)")  # fmt: skip
         print(
-            f"  floor (TA-Lib + predict_proba): {floor_s:5.2f} s  -> back-test / floor = {seconds / floor_s:.1f}x"
+            f"  back-test, models cached:      {seconds:6.2f} s  ({sessions} sessions, "
+            f"{seconds / sessions * 1000:.2f} ms a session)"
         )
+        ratio = seconds / floor_s
+        print(f"  floor (TA-Lib + predict_proba): {floor_s:5.2f} s  -> back-test / floor = {ratio:.1f}x")
         if not args.quick:
             per_session = replay_per_session(prices, workdir)
-            print(f"  stack replay {REPLAY[0]} to {REPLAY[1]}: {per_session * 1000:.0f} ms a session "
-                  f"-> {per_session / (seconds / sessions):.0f}x the back-test's time a session")  # fmt: skip
-        print("growth with the universe (generated market, 2019-2021, logistic, one fold):")
+            print(
+                f"  stack replay {REPLAY[0]} to {REPLAY[1]}: {per_session * 1000:.0f} ms a session "
+                f"-> {per_session / (seconds / sessions):.0f}x the back-test's time a session"
+            )
+        print("growth with the universe (generated market, 2019-2021, one pooled logistic model, one fold):")
         for count in (4, 50) if args.quick else (4, 50, 200):
             symbols = tuple(f"S{i:03d}.AX" for i in range(count))
             market = workdir / f"market-{count}"
             write_synthetic_market(market, date(2016, 1, 1), date(2021, 12, 31), symbols)
             wide = BacktestPlan(
-                start=date(2019, 1, 1), end=date(2021, 12, 31), prices=market, symbols=symbols,
-                model_cache=workdir / "cache", overrides={"ml_model": {"folds": 1}},
-            )  # fmt: skip
+                start=date(2019, 1, 1),
+                end=date(2021, 12, 31),
+                prices=market,
+                symbols=symbols,
+                model_cache=workdir / "cache",
+                overrides={"ml_model": {"folds": 1, "per_symbol": False}},
+            )
             seconds, sessions, training = timed_backtest(wide)
-            print(f"  {count:4d} symbols: {seconds:6.2f} s ({seconds / count * 1000:.0f} ms a symbol; "
-                  f"training {training:.1f} s, not counted)")  # fmt: skip
+            print(
+                f"  {count:4d} symbols: {seconds:6.2f} s ({seconds / count * 1000:.0f} ms a symbol; "
+                f"training {training:.1f} s, not counted)"
+            )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ class MlModelConfig:
     threshold: float = 0.005
     models: tuple[str, ...] = DEFAULT_MODELS
     pooled: bool = True
+    # A model of each symbol's own; false: the pooled models serve every symbol (a wide universe).
+    per_symbol: bool = True
     # Walk-forward: the first ``min_train_fraction`` of the days only ever trains; the rest is cut
     # into ``folds`` test blocks, each trained on everything before it less a gap of at least
     # ``horizon`` days, so no training label looks into the test block.
@@ -45,6 +47,8 @@ class MlModelConfig:
             raise ValueError(f"unknown model kind(s) {', '.join(unknown)}; known: {', '.join(MODEL_KINDS)}")
         if not self.models:
             raise ValueError("models must name at least one model kind")
+        if not self.per_symbol and not self.pooled:
+            raise ValueError("per_symbol and pooled cannot both be false: no model would be trained")
         if self.horizon < 1 or self.threshold < 0:
             raise ValueError("horizon must be >= 1 and threshold >= 0")
         if self.folds < 1 or not 0 < self.min_train_fraction < 1:

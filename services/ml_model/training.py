@@ -240,7 +240,7 @@ def run_training(
         datasets.append(dataset)
     usable = [d for d in datasets if d.counts["used"] > 0]
     scopes: dict[str, Any] = {}
-    for dataset in usable:
+    for dataset in usable if config.per_symbol else []:
         scopes[dataset.symbol] = train_scope(
             dataset.symbol, [dataset], config, registry, trained_at=now, activate=activate, progress=progress
         )
