@@ -14,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,17 +36,23 @@ def processes(home: TradingHome) -> dict[str, dict[str, Any]]:
         answer = subprocess.run(
             [sys.executable, "-m", "services.management", "status", "--json"],
             env=dict(os.environ, TRADING_HOME=str(home.root), PYTHONPATH=str(ROOT)),
-            capture_output=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         return {p["name"]: p for p in orjson.loads(answer.stdout)["processes"]}
     except (orjson.JSONDecodeError, KeyError, subprocess.TimeoutExpired):
         return {}
 
 
 def kill_now_and_then(
-    home: TradingHome, process: subprocess.Popen[bytes], end: date, names: tuple[str, ...],
-    every_s: tuple[float, float], killed: list[str],
-) -> None:  # fmt: skip
+    home: TradingHome,
+    process: subprocess.Popen[bytes],
+    end: date,
+    names: tuple[str, ...],
+    every_s: tuple[float, float],
+    killed: list[str],
+) -> None:
     """SIGKILL a random one of ``names`` every few seconds while the replay drives through all but
     its last week (the report's health is taken after the end, once the manager has restarted what
     died; a kill during that would be a failure the run could not have avoided)."""
@@ -131,3 +139,53 @@ def test_redis_killed_and_restarted_changes_nothing(market: Market, undisturbed:
     assert len(killed) >= 1, killed
     assert run.ledger() == undisturbed.ledger()
     shutil.rmtree(run.home.root.parent, ignore_errors=True)  # kept, with its logs, when a check fails
+
+
+def test_sigterm_stops_the_replay_and_its_whole_stack(market: Market) -> None:
+    """As ``timeout`` would: SIGTERM while the replay drives; the manager, every service and Redis
+    end with it, and it says where it stopped."""
+    root = Path(tempfile.mkdtemp(prefix="at-e2e-", dir="/tmp"))
+    home = TradingHome(root / "h")
+    command = [
+        sys.executable,
+        "-m",
+        "services.management",
+        "replay",
+        "--from",
+        market.start.isoformat(),
+        "--to",
+        market.end.isoformat(),
+        "--prices",
+        str(market.prices),
+        "--home",
+        str(home.root),
+    ]
+    env = dict(os.environ, TRADING_HOME=str(root / "unused"), PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    clock = home.run / "replay-clock"
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        running = processes(home)
+        if clock.exists() and len(running) >= 6 and all(p.get("pid") for p in running.values()):
+            break
+        time.sleep(0.5)
+    pids = [p["pid"] for p in processes(home).values() if p.get("pid")]
+    assert pids, "the stack did not start"
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode(errors="replace")
+    assert process.returncode == 1, output[-3000:]
+    assert "interrupted at" in output
+    alive = [pid for pid in pids if _alive(pid)]
+    assert alive == [], f"left running: {alive}\n{output[-3000:]}"
+    assert not home.socket_path("manager").exists()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child of ours that exited but was not reaped would look alive: ask what it is.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ", 1)[1][0] != "Z"
