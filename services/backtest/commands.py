@@ -148,13 +148,13 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         predictions=[
             {
                 "symbol": m.symbol,
-                "signal": m.decision.signal,
-                "confidence": m.decision.confidence,
-                "combined": m.decision.combined,
-                "regime": m.decision.regime,
+                "signal": m.signal,
+                "confidence": m.confidence,
+                "combined": m.combined,
+                "regime": m.regime,
                 "price": m.price,
                 "price_time": m.price_time,
-                "degraded": m.decision.degraded,
+                "degraded": m.degraded,
                 "created_at": utc_iso(m.at),
             }
             for m in run.decisions

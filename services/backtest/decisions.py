@@ -1,10 +1,11 @@
-"""Every prediction the stack would make over a stretch of history, computed a symbol at a time.
+"""Every prediction the stack would make over a stretch of history, a symbol's whole series at once.
 
-The live services answer one moment at a time; here each series is worked once: indicators over
-the whole series (``indicator_series``), features over the whole series (``feature_frame``), each
-model's ``predict_proba`` over every row at once. Then each prediction round reads its row through
-the very functions the services call (``indicators_at``, ``volume_figures``, ``market_context``,
-``ensemble_answer``, and prediction's ``technical_input``, ``ml_input``, ``decide``).
+The live services answer one moment at a time; here each series is worked once and every
+prediction round is an element of arrays: indicators over the whole series
+(``indicator_series``), features over the whole series (``feature_frame``) and each model's
+``predict_proba`` over every row at once, then the services' own array functions for the rest
+(``technical_scores`` and the points of each indicator, ``ensemble_figures``, ``ml_scores`` and
+``score``, the formula of ``decide``), so a round's decision is the one the stack makes.
 
 What a round sees is what the stack saw then (the ``clocked_csv`` source's rule): a bar's open
 from its session's open, the rest from its close. So the 09:30 round works on the last close and
@@ -13,17 +14,16 @@ before the round to the last closed session.
 
 Where a whole-series value could differ from the live one, the live computation is used: an ML
 window with fewer than ``EXACT_BELOW`` bars (a gap in the data) is computed from that window
-alone, as ml_model would. Recursive indicators (RSI, MACD, ATR) over a 400-bar window differ from
-the whole-series ones by less than 1e-12 of their value.
+alone, as ml_model would. Recursive indicators (RSI, MACD, ATR) over market data's 400-bar window
+differ from the whole-series ones by less than 1e-12 of their value.
 """
 
 from __future__ import annotations
 
-import bisect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from services.asx.calendar import SYDNEY, AsxCalendar, local_day_end
 from services.base.errors import InvalidParams
 from services.market_data.config import MarketDataConfig
 from services.market_data.context import NotEnoughHistory, market_context
-from services.market_data.indicators import IndicatorSeries, indicator_series, indicators_at, volume_figures
+from services.market_data.indicators import IndicatorSeries, indicator_series, volume_figures
 from services.ml_model.config import MlModelConfig
 from services.ml_model.features import (
     FEATURE_NAMES,
@@ -43,39 +43,45 @@ from services.ml_model.features import (
     latest_row,
     out_of_range,
 )
-from services.ml_model.ml_model_service import ensemble_answer, model_probabilities
+from services.ml_model.ml_model_service import ensemble_answer, ensemble_figures, model_probabilities
 from services.ml_model.registry import LoadedModel
 from services.prediction.config import PredictionConfig
 from services.prediction.decision import (
+    SIGNALS,
     Context,
-    Decision,
     Input,
-    context_for,
-    decide,
+    bollinger_points,
+    macd_points,
     ml_input,
+    ml_scores,
     no_context,
-    technical_input,
-    unavailable,
+    rounded,
+    rsi_points,
+    score,
+    technical_scores,
+    trend_points,
+    volume_points,
 )
-from services.prediction.decision import (
-    market_context as read_context,
-)
+from services.prediction.decision import market_context as read_context
 
 # An ML window with fewer complete bars than this is computed from the window alone.
 EXACT_BELOW = 260
 SMA_LONG = 200
-NO_NEWS = "sentiment has zero confidence: no historical news in a back-test"
 
 
 @dataclass(frozen=True, slots=True)
 class Made:
-    """One prediction: when, on which price, the decision, and the inputs it was made on."""
+    """One prediction: when, on which price, what it decided."""
 
     symbol: str
     at: datetime  # UTC
     price: float
     price_time: str
-    decision: Decision
+    signal: str
+    confidence: float
+    combined: float
+    regime: str | None
+    degraded: bool
     # The times of the inputs used (prediction's cache key): the same key again is a repeat of
     # the same decision, stored and sent once.
     key: tuple[Any, ...]
@@ -92,8 +98,8 @@ class Timeline:
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
-    open_known: list[float]  # POSIX times: compared millions of times
-    all_known: list[float]
+    open_known: np.ndarray  # POSIX times
+    all_known: np.ndarray
     complete: np.ndarray  # positions of the rows with a close
     complete_before: np.ndarray  # complete rows among the first i rows, for i = 0..len
 
@@ -116,15 +122,15 @@ class Timeline:
             bars["low"].to_numpy(float),
             close,
             bars["volume"].to_numpy(float),
-            opens,
-            closes,
+            np.array(opens),
+            np.array(closes),
             np.flatnonzero(has_close),
             np.concatenate([[0], np.cumsum(has_close)]),
         )
 
     def known(self, now: datetime) -> int:
         """How many rows are wholly visible at ``now``."""
-        return bisect.bisect_right(self.all_known, now.timestamp())
+        return int(np.searchsorted(self.all_known, now.timestamp(), side="right"))
 
     def newest(self, now: datetime) -> str | None:
         """The date of the newest row visible at ``now``, whole or only its open."""
@@ -162,6 +168,87 @@ class Models:
     members: list[LoadedModel]
 
 
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """The moments predictions are made, with what every symbol's rounds need of the calendar."""
+
+    times: list[datetime]
+    posix: np.ndarray
+    day: np.ndarray  # the round's date in Sydney, as an ordinal
+    closed: np.ndarray  # sessions closed by then
+    last_closed: np.ndarray  # the ordinal of the latest of them (-1: none)
+    session_days: np.ndarray  # every session's date, as an ordinal
+
+    @classmethod
+    def of(cls, times: Sequence[datetime], calendar: AsxCalendar) -> Rounds:
+        sessions = calendar.sessions_between(calendar.first, calendar.last)
+        days = np.array([d.toordinal() for d in sessions])
+        closes = np.array([session.close.timestamp() for d in sessions if (session := calendar.session(d))])
+        posix = np.array([t.timestamp() for t in times])
+        closed = np.searchsorted(closes, posix, side="right")
+        return cls(
+            list(times),
+            posix,
+            np.array([t.astimezone(SYDNEY).date().toordinal() for t in times]),
+            closed,
+            np.where(closed > 0, days[np.maximum(closed - 1, 0)], -1),
+            days,
+        )
+
+    def behind(self, newest: np.ndarray) -> np.ndarray:
+        """Sessions closed since the day ``newest`` (ordinals): ``calendar.sessions_after``."""
+        return np.maximum(0, self.closed - np.searchsorted(self.session_days, newest, side="right"))
+
+
+def _ordinals(keys: Sequence[str]) -> np.ndarray:
+    return np.array([date.fromisoformat(key[:10]).toordinal() for key in keys], dtype=np.int64)
+
+
+class IndexContext:
+    """The market context from the index, as ``get_market_context`` answers at a moment."""
+
+    def __init__(self, timeline: Timeline, md: MarketDataConfig) -> None:
+        self.timeline = timeline
+        self.md = md
+        self.closes = timeline.close[timeline.complete]
+        self.keys = [timeline.keys[i] for i in timeline.complete]
+        self._cache: dict[tuple[int, int], Context] = {}
+
+    def at(self, rounds: Rounds) -> list[Context]:
+        """The context of each round."""
+        line = self.timeline
+        known = np.searchsorted(line.all_known, rounds.posix, side="right")
+        partial = (known < len(line.keys)) & (
+            line.open_known[np.minimum(known, len(line.keys) - 1)] <= rounds.posix
+        )
+        newest = np.where(partial, known, known - 1)
+        ordinals = _ordinals(line.keys) if line.keys else np.zeros(0, dtype=np.int64)
+        behind = rounds.behind(np.where(newest >= 0, ordinals[np.maximum(newest, 0)], 0))
+        counts = line.complete_before[known]
+        return [self._context(int(c), int(b), n >= 0) for c, b, n in zip(counts, behind, newest, strict=True)]
+
+    def _context(self, count: int, behind: int, any_row: bool) -> Context:
+        if count == 0 or not any_row:
+            return no_context(f"market context unavailable: no price data for {self.md.context_symbol}")
+        cached = self._cache.get((count, behind))
+        if cached is not None:
+            return cached
+        try:
+            first = max(0, count - self.md.analysis_bars)
+            figures = market_context(
+                self.keys[first:count],
+                self.closes[first:count],
+                trend_return_threshold=self.md.trend_return_threshold,
+                low_volatility=self.md.low_volatility,
+                high_volatility=self.md.high_volatility,
+            )
+            context = read_context({**figures, "stale": bool(behind)})
+        except NotEnoughHistory as exc:
+            context = no_context(f"market context unavailable: {exc}")
+        self._cache[(count, behind)] = context
+        return context
+
+
 class SymbolHistory:
     """One symbol's series worked once: indicators and ML probabilities for every complete bar."""
 
@@ -191,116 +278,160 @@ class SymbolHistory:
         self.volumes = timeline.volume[done]
         self._bars, self._index_bars = bars, index_bars
         self.features = feature_frame(bars, index_bars)
-        self.feature_days = [stamp.date() for stamp in self.features.index]
-        self.bad = out_of_range(self.features).to_numpy()
-        self.p_up: list[np.ndarray] = []
+        self.feature_days = np.array(
+            [stamp.date().toordinal() for stamp in self.features.index], dtype=np.int64
+        )
+        self.index_days = np.array(
+            [stamp.date().toordinal() for stamp in clean_bars(index_bars).index], dtype=np.int64
+        )
         self.rows = self.features[list(FEATURE_NAMES)].to_numpy(float)
-        if models is not None:
-            good = ~self.bad
-            for member in models.members:
-                p = np.full(len(self.rows), np.nan)
-                if good.any():
-                    p[good] = model_probabilities(member, self.rows[good])
-                self.p_up.append(p)
-        self._index_days = [stamp.date() for stamp in clean_bars(index_bars).index]
-        self._technical: dict[tuple[Any, ...], tuple[dict[str, Any], Input] | None] = {}
-        self._ml: dict[int, Input] = {}
+        # A row ml_model would refuse (a feature missing or out of range), in any window too.
+        self.bad = out_of_range(self.features).to_numpy()
+        self.p_up = np.full((len(models.members) if models else 0, len(self.rows)), np.nan)
+        if models is not None and (~self.bad).any():
+            for m, member in enumerate(models.members):
+                self.p_up[m, ~self.bad] = model_probabilities(member, self.rows[~self.bad])
 
-    # -- market data ----------------------------------------------------------------------
+    # -- the rounds -----------------------------------------------------------------------
 
-    def technical(
-        self, now: datetime, calendar: AsxCalendar, config: PredictionConfig
-    ) -> tuple[dict[str, Any], Input] | None:
-        """Market data's answer at ``now`` and prediction's technical input from it; None where
-        prediction fails the symbol (too few bars). The same visible bars give the same answer:
-        worked out once."""
-        known = self.timeline.known(now)
-        newest = self.timeline.newest(now)
-        behind = calendar.sessions_after(date.fromisoformat(newest), now) if newest else None
-        key = (known, newest, behind)
-        if key not in self._technical:
-            answer = self.market_data(now, behind)
-            technical = technical_input(answer, config) if answer is not None else None
-            self._technical[key] = (answer, technical) if answer and technical and technical.used else None
-        return self._technical[key]
+    def predictions(
+        self, rounds: Rounds, contexts: Sequence[Context], config: PredictionConfig
+    ) -> list[Made]:
+        """Each round's prediction, as prediction's ``generate_predictions`` makes it; a round
+        where prediction fails the symbol (fewer than two bars) has none."""
+        line = self.timeline
+        n = len(line.keys)
+        known = np.searchsorted(line.all_known, rounds.posix, side="right")
+        partial = (known < n) & (line.open_known[np.minimum(known, max(n - 1, 0))] <= rounds.posix)
+        count = line.complete_before[known]
+        usable = count >= 2
+        last = np.maximum(count - 1, 1)  # the last complete bar (the indicators' row)
+        quotes = [line.latest_price(t) for t in rounds.times]
+        price = np.array([q[0] if q else np.nan for q in quotes])
+        price_time = [q[1] if q else "" for q in quotes]
+        newest = np.where(partial, known, known - 1)
+        ordinals = _ordinals(line.keys)
+        behind = rounds.behind(np.where(newest >= 0, ordinals[np.maximum(newest, 0)], 0))
+        # A close compares with the close before it; a session's open with the last close.
+        in_session = np.array([p != self.complete_keys[i] for p, i in zip(price_time, last, strict=True)])
+        before = np.where(in_session, self.closes[last], self.closes[last - 1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            change = np.where(before != 0, (price / before - 1.0) * 100.0, np.nan)
+        technical, technical_confidence = self._technical(last, change, behind, config)
+        usable &= technical == technical
+        ml, ml_confidence, ml_at = self._ml(rounds)
+        regime, high, context_at = _contexts(contexts, price_time, config)
+        scored = score(
+            {
+                "technical": (technical, technical_confidence),
+                "sentiment": (np.full(len(rounds.times), np.nan), np.zeros(len(rounds.times))),
+                "ml": (ml, ml_confidence),
+            },
+            regime,
+            high,
+            config,
+        )
+        ml_used = (ml == ml) & (ml_confidence > 0)
+        made = []
+        for i in np.flatnonzero(usable):
+            key = (
+                price_time[i], context_at[i], regime[i] or None, price_time[i], None,
+                ml_at[i] if ml_used[i] else None,
+            )  # fmt: skip
+            made.append(
+                Made(
+                    symbol=self.symbol,
+                    at=rounds.times[i],
+                    price=float(price[i]),
+                    price_time=price_time[i],
+                    signal=SIGNALS[int(scored.signal[i])],
+                    confidence=float(scored.confidence[i]),
+                    combined=float(scored.combined[i]),
+                    regime=regime[i] or None,
+                    degraded=True,  # sentiment is always missing: there is no historical news
+                    key=key,
+                )
+            )
+        return made
 
-    def market_data(self, now: datetime, sessions_behind: int | None) -> dict[str, Any] | None:
-        """What ``get_market_data`` answers at ``now`` (the parts prediction reads), or None
-        without a complete bar."""
-        known = self.timeline.known(now)
-        count = int(self.timeline.complete_before[known])
-        if count == 0:
-            return None
-        latest = self.timeline.latest_price(now)
-        assert latest is not None
-        price, price_time = latest
-        last = count - 1
-        # The price is the last close here: rounds are outside sessions (the open's partial bar
-        # is read the same way by latest_price when a round falls inside one).
-        in_session = price_time != self.complete_keys[last]
-        before = self.closes[last] if in_session else (self.closes[last - 1] if count >= 2 else None)
-        if count < 2:
-            return None  # market data cannot compute indicators: prediction fails the symbol
-        size = max(self.md.analysis_bars, self.md.quality_window_sessions + 30)
-        return {
-            "price": price,
-            "price_time": price_time,
-            "change_percent": None if not before else (price / before - 1.0) * 100.0,
-            "indicators": indicators_at(self.series, last, self.complete_keys[last]),
-            "volume": volume_figures(
-                self.volumes[max(0, count - size) : count], self.md.unusual_volume_ratio
-            ),
-            "sessions_behind": sessions_behind,
+    def _technical(
+        self, last: np.ndarray, change: np.ndarray, behind: np.ndarray, config: PredictionConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(score, confidence) of the technical input at each round's last complete bar; the
+        score NaN where no part of it can be computed."""
+        s = self.series
+        rsi, histogram, percent_b = s.rsi[last], s.histogram[last], s.percent_b[last]
+        vs50, vs200 = s.vs_sma[50][last], s.vs_sma[200][last]
+        available, unusual = self._volume(last + 1)
+        points = {
+            "rsi": rsi_points(rsi),
+            "macd": macd_points(histogram, s.crossover[last]),
+            "bollinger": bollinger_points(percent_b),
+            "trend": trend_points(vs50, vs200),
+            "volume": volume_points(unusual, change),
         }
+        present = {
+            "rsi": rsi == rsi,
+            "macd": histogram == histogram,
+            "bollinger": percent_b == percent_b,
+            "trend": (vs50 == vs50) & (vs200 == vs200),
+            "volume": available & (change == change),
+        }
+        _score_100, technical, used = technical_scores(points, present, config)
+        stale = behind >= config.stale_after_sessions
+        return np.where(used, technical, np.nan), np.where(stale, config.stale_confidence, 1.0)
+
+    def _volume(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(available, unusual) of market data's volume figures over each round's window."""
+        size = max(self.md.analysis_bars, self.md.quality_window_sessions + 30)
+        figures = {}
+        for count in np.unique(counts).tolist():
+            answer = volume_figures(self.volumes[max(0, count - size) : count], self.md.unusual_volume_ratio)
+            figures[count] = (
+                bool(answer["available"]),
+                bool(answer.get("unusual")) and answer.get("ratio_to_average") is not None,
+            )
+        pairs = [figures[c] for c in counts.tolist()]
+        return np.array([a for a, _ in pairs], dtype=bool), np.array([u for _, u in pairs], dtype=bool)
 
     # -- ML -------------------------------------------------------------------------------
 
-    def ml(self, now: datetime, calendar: AsxCalendar) -> Input:
-        """The ML input at ``now``: the ensemble over the features of the last closed session, as
-        ml_model answers ``get_ensemble_prediction``; unavailable where ml_model would refuse."""
-        if self.models is None:
-            return unavailable("ml", "ml unavailable: no model serves this symbol")
-        session = calendar.last_closed(now)
-        if session is None:
-            return unavailable("ml", "ml unavailable: no session has closed yet")
-        since = now.astimezone(SYDNEY).date() - timedelta(days=self.ml_config.history_days)
-        row = bisect.bisect_right(self.feature_days, session.date) - 1
-        if row < 0 or self.feature_days[row] < since:
-            return unavailable("ml", "ml unavailable: no complete bars to compute features from")
-        as_of = self.feature_days[row]
-        if self.bad[row]:  # in a window too: a value out of range, or no index bar near it
-            if row not in self._ml:
-                try:
-                    check_row(dict(zip(FEATURE_NAMES, self.rows[row].tolist(), strict=True)))
-                except InvalidParams as exc:
-                    self._ml[row] = unavailable("ml", f"ml unavailable: {exc.message}")
-            return self._ml[row]
+    def _ml(self, rounds: Rounds) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """(score, confidence, as of) of the ML input at each round: the ensemble over the
+        features of the last closed session, as ml_model answers ``get_ensemble_prediction``;
+        the score NaN where ml_model would refuse or the ensemble is undecided."""
+        size = len(rounds.times)
+        ml, confidence = np.full(size, np.nan), np.zeros(size)
+        at: list[str | None] = [None] * size
+        if self.models is None or not len(self.feature_days):
+            return ml, confidence, at
+        since = rounds.day - self.ml_config.history_days
+        row = np.searchsorted(self.feature_days, rounds.last_closed, side="right") - 1
+        safe = np.maximum(row, 0)
+        day = self.feature_days[safe]
+        found = (rounds.last_closed >= 0) & (row >= 0) & (day >= since) & ~self.bad[safe]
         # The window ml_model computes on starts at ``since``: too short for SMA 200, it gives no
         # usable features; short enough for the recursive ones to differ, it is computed as is.
-        rows = self._rows_in_window(self.feature_days, since, as_of)
-        matched = bisect.bisect_right(self._index_days, as_of) - 1
-        index_rows = (
-            self._rows_in_window(self._index_days, since, self._index_days[matched]) if matched >= 0 else 0
+        rows = _in_window(self.feature_days, since, day)
+        matched = np.searchsorted(self.index_days, day, side="right") - 1
+        index_rows = np.where(
+            matched >= 0, _in_window(self.index_days, since, self.index_days[np.maximum(matched, 0)]), 0
         )
-        if min(rows, index_rows) < SMA_LONG:
-            return unavailable("ml", f"ml unavailable: fewer than {SMA_LONG} bars since {since} for SMA 200")
-        if min(rows, index_rows) < EXACT_BELOW:
-            return self._ml_from_window(since, session.date)
-        if row not in self._ml:
-            p_up = [float(p[row]) for p in self.p_up]
-            answer = ensemble_answer(
-                self.symbol, self.models.scope, as_of, self.models.members, p_up, self.ml_config.horizon
+        shortest = np.minimum(rows, index_rows)
+        fast = found & (shortest >= EXACT_BELOW)
+        p, agreement, ensemble_confidence = ensemble_figures(self.p_up[:, safe])
+        score, weight = ml_scores(rounded(p, 6), rounded(agreement, 4), rounded(ensemble_confidence, 6))
+        ml = np.where(fast, score, np.nan)
+        confidence = np.where(fast & (score == score), weight, 0.0)
+        for i in np.flatnonzero(fast):
+            at[i] = date.fromordinal(int(day[i])).isoformat()
+        for i in np.flatnonzero(found & (shortest >= SMA_LONG) & (shortest < EXACT_BELOW)):
+            exact = self._ml_from_window(
+                date.fromordinal(int(since[i])), date.fromordinal(int(rounds.last_closed[i]))
             )
-            self._ml[row] = ml_input(answer)
-        return self._ml[row]
-
-    @staticmethod
-    def _rows_in_window(days: Sequence[date], since: date, last: date) -> int:
-        """Rows from ``since`` to ``last``; every row when ``since`` is before the first (the
-        window then holds the whole series, as the whole-series computation does)."""
-        first = bisect.bisect_left(days, since)
-        count = bisect.bisect_right(days, last) - first
-        return sys.maxsize if first == 0 else count
+            if exact.used:
+                ml[i], confidence[i], at[i] = exact.score, exact.confidence, exact.at
+        return ml, confidence, at
 
     def _ml_from_window(self, since: date, last: date) -> Input:
         """The live computation itself, over the window ml_model would use."""
@@ -314,7 +445,7 @@ class SymbolHistory:
             row = check_row(values)[None, :]
         except (ValueError, InvalidParams) as exc:
             message = exc.message if isinstance(exc, InvalidParams) else str(exc)
-            return unavailable("ml", f"ml unavailable: {message}")
+            return Input("ml", None, 0.0, None, missing=f"ml unavailable: {message}")
         p_up = [float(model_probabilities(m, row)[0]) for m in self.models.members]
         return ml_input(
             ensemble_answer(
@@ -328,66 +459,26 @@ class SymbolHistory:
         )
 
 
-class IndexContext:
-    """The market context from the index, as ``get_market_context`` answers at a moment."""
-
-    def __init__(self, timeline: Timeline, md: MarketDataConfig) -> None:
-        self.timeline = timeline
-        self.md = md
-        self.closes = timeline.close[timeline.complete]
-        self.keys = [timeline.keys[i] for i in timeline.complete]
-        self._cache: dict[tuple[int, int], Context] = {}
-
-    def at(self, now: datetime, calendar: AsxCalendar) -> Context:
-        count = int(self.timeline.complete_before[self.timeline.known(now)])
-        newest = self.timeline.newest(now)
-        if count == 0 or newest is None:
-            return no_context(f"market context unavailable: no price data for {self.md.context_symbol}")
-        behind = calendar.sessions_after(date.fromisoformat(newest), now)
-        cached = self._cache.get((count, behind))
-        if cached is not None:
-            return cached
-        try:
-            first = max(0, count - self.md.analysis_bars)
-            figures = market_context(
-                self.keys[first:count],
-                self.closes[first:count],
-                trend_return_threshold=self.md.trend_return_threshold,
-                low_volatility=self.md.low_volatility,
-                high_volatility=self.md.high_volatility,
-            )
-            context = read_context({**figures, "stale": bool(behind)})
-        except NotEnoughHistory as exc:
-            context = no_context(f"market context unavailable: {exc}")
-        self._cache[(count, behind)] = context
-        return context
+def _in_window(days: np.ndarray, since: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Rows from ``since`` to ``last`` (ordinals); every row when ``since`` is before the first
+    (the window then holds the whole series, as the whole-series computation does)."""
+    first = np.searchsorted(days, since, side="left")
+    count = np.searchsorted(days, last, side="right") - first
+    return np.where(first == 0, sys.maxsize, count)
 
 
-def predictions(
-    history: SymbolHistory,
-    index: IndexContext,
-    times: Sequence[datetime],
-    calendar: AsxCalendar,
-    config: PredictionConfig,
-    on_made: Callable[[Made], None],
-) -> None:
-    """Each round's prediction of one symbol, as prediction's ``generate_predictions`` makes it."""
-    sentiment = unavailable("sentiment", NO_NEWS)
-    decided: dict[tuple[int, int, int], Decision] = {}  # the same inputs decide the same
-    for now in times:
-        technical = history.technical(now, calendar, config)
-        if technical is None:
-            continue  # prediction fails this symbol: too few bars
-        answer, market = technical
-        inputs = {"technical": market, "sentiment": sentiment, "ml": history.ml(now, calendar)}
-        context = context_for(index.at(now, calendar), answer["price_time"], config)
-        key = (
-            answer["price_time"],
-            context.at,
-            context.regime,
-            *(i.at if i.used else None for i in inputs.values()),
-        )
-        same = (id(market), id(inputs["ml"]), id(context))
-        if same not in decided:
-            decided[same] = decide(inputs, context, config)
-        on_made(Made(history.symbol, now, answer["price"], answer["price_time"], decided[same], key))
+def _contexts(
+    contexts: Sequence[Context], price_times: Sequence[str], config: PredictionConfig
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """(regime or "", high volatility, as of) of each round's context, left out where it is more
+    than ``max_context_lag_days`` from the price (prediction's ``context_for``)."""
+    regime, high, at = [], [], []
+    for context, price_time in zip(contexts, price_times, strict=True):
+        lagging = False
+        if context.regime is not None and context.at and price_time:
+            lag = (date.fromisoformat(price_time[:10]) - date.fromisoformat(context.at[:10])).days
+            lagging = abs(lag) > config.max_context_lag_days
+        regime.append("" if lagging else context.regime or "")
+        high.append(not lagging and context.volatility == "high")
+        at.append(context.at)
+    return np.array(regime, dtype=object), np.array(high, dtype=bool), at

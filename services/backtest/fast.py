@@ -24,7 +24,7 @@ import orjson
 import pandas as pd
 
 from services.asx.calendar import SYDNEY, AsxCalendar
-from services.backtest.decisions import IndexContext, Made, Models, SymbolHistory, Timeline, predictions
+from services.backtest.decisions import IndexContext, Made, Models, Rounds, SymbolHistory, Timeline
 from services.backtest.replay import DEFAULT_SYMBOLS, history_tables
 from services.backtest.walk import Book, Signal, Walk, moments
 from services.base.config import BASE_SECTIONS, SECTIONS, build_dataclass
@@ -35,6 +35,7 @@ from services.ml_model.config import MlModelConfig
 from services.ml_model.registry import POOLED, ModelRegistry
 from services.paper_trading.config import PaperTradingConfig
 from services.prediction.config import PredictionConfig
+from services.prediction.decision import Context
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.tasks import Task
 
@@ -143,6 +144,7 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
     timelines = {symbol: Timeline.of(frame, calendar) for symbol, frame in bars.items()}
     index = IndexContext(timelines[settings.market_data.context_symbol], settings.market_data)
     made: dict[datetime, list[Made]] = {}
+    by_times: dict[tuple[datetime, ...], tuple[Rounds, list[Context]]] = {}
     for i, symbol in enumerate(plan.symbols):
         progress(f"predicting {symbol}", i / len(plan.symbols))
         history = SymbolHistory(
@@ -154,15 +156,13 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
             settings.market_data,
             settings.ml_model,
         )
-        times = [t for t in round_times if symbol in rounds[t]]
-        predictions(
-            history,
-            index,
-            times,
-            calendar,
-            settings.prediction,
-            lambda m: made.setdefault(m.at, []).append(m),
-        )
+        times = tuple(t for t in round_times if symbol in rounds[t])
+        if times not in by_times:  # every symbol has the same rounds, unless a task names some
+            every = Rounds.of(times, calendar)
+            by_times[times] = (every, index.at(every))
+        every, contexts = by_times[times]
+        for decision in history.predictions(every, contexts, settings.prediction):
+            made.setdefault(decision.at, []).append(decision)
     timings["predictions_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -180,19 +180,12 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
         else:
             for decision in made.get(now, []):
                 # The stack stores and sends a decision on the same inputs once (prediction's signal id).
-                signal_key = (
-                    decision.symbol,
-                    decision.key,
-                    decision.decision.signal,
-                    round(decision.decision.confidence, 6),
-                )
+                signal_key = (decision.symbol, decision.key, decision.signal, round(decision.confidence, 6))
                 if signal_key in sent:
                     continue
                 sent.add(signal_key)
                 decisions.append(decision)
-                walk.signal(
-                    Signal(decision.symbol, now, decision.decision.signal, decision.decision.confidence)
-                )
+                walk.signal(Signal(decision.symbol, now, decision.signal, decision.confidence))
     timings["paper_trading_s"] = time.perf_counter() - clock
     progress("done", 1.0)
     return BacktestRun(plan, sessions, decisions, walk.finish(), timings, training)

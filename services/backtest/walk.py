@@ -85,6 +85,7 @@ class Walk:
         migrate(self.conn, MIGRATIONS)
         ledger.open_account(self.conn, ledger.cents_of_dollars(config.starting_capital), start)
         self.pending: list[_Order] = []
+        self._held: dict[str, ledger.Position] | None = None
         self.day_open: dict[str, int] = {}
         self.alerted: set[str] = set()
         self.ignored: dict[str, int] = {}
@@ -94,7 +95,7 @@ class Walk:
 
     def signal(self, signal: Signal) -> None:
         """A trade signal arrives (``_on_signal``)."""
-        held = ledger.positions(self.conn).get(signal.symbol)
+        held = self._positions().get(signal.symbol)
         waiting = {o.side: o for o in self.pending if o.symbol == signal.symbol and o.origin == "signal"}
         outcome = engine.on_signal(
             signal.symbol,
@@ -131,7 +132,7 @@ class Walk:
         session = self.calendar.open_session(now)
         assert session is not None
         marks = self._marks(now)
-        for symbol, position in ledger.positions(self.conn).items():
+        for symbol, position in self._positions().items():
             quote = self.price_at(symbol, now)
             if quote is None or quote[1] != session.date.isoformat():
                 continue  # no price of today's session: nothing to say about its stops
@@ -191,7 +192,7 @@ class Walk:
         if order in self.pending:
             self.pending.remove(order)
         marks = self._marks(now)
-        held = ledger.positions(self.conn).get(order.symbol)
+        held = self._positions().get(order.symbol)
         day_start = self._day_open(now, self._portfolio(marks, 0).equity_cents)
         portfolio = self._portfolio(marks, day_start)
         try:
@@ -228,6 +229,7 @@ class Walk:
             ledger.sell(self.conn, **common)
         else:
             ledger.buy(self.conn, stop_loss=self.stop_loss, take_profit=self.take_profit, **common)
+        self._held = None
         ledger.check_invariant(self.conn)
 
     def _finish(self, order: _Order, status: str, reason: str, now: datetime) -> None:
@@ -236,9 +238,15 @@ class Walk:
 
     # -- prices and the portfolio ---------------------------------------------------------
 
+    def _positions(self) -> dict[str, ledger.Position]:
+        """The ledger's open positions, read again only after a fill changed them."""
+        if self._held is None:
+            self._held = ledger.positions(self.conn)
+        return self._held
+
     def _marks(self, now: datetime) -> dict[str, Decimal]:
         marks = {}
-        for symbol, position in ledger.positions(self.conn).items():
+        for symbol, position in self._positions().items():
             quote = self.price_at(symbol, now)
             marks[symbol] = ledger.to_price(quote[0]) if quote is not None else position.entry_price
         return marks
@@ -248,7 +256,7 @@ class Walk:
 
     def _portfolio(self, marks: Mapping[str, Decimal], day_start: int) -> Portfolio:
         acct = ledger.account(self.conn)
-        value = sum(self._value(p, marks) for p in ledger.positions(self.conn).values())
+        value = sum(self._value(p, marks) for p in self._positions().values())
         return Portfolio(acct.cash_cents, value, day_start)
 
     def _day_open(self, now: datetime, equity_cents: int) -> int:

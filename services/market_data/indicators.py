@@ -68,6 +68,10 @@ class IndicatorSeries:
     sma: dict[int, np.ndarray]
     ema: dict[int, np.ndarray]
     atr: np.ndarray
+    # Derived, NaN where not available: what a reader of the labels needs, for every bar at once.
+    crossover: np.ndarray  # +1 MACD crossed above its signal, -1 below, 0 neither
+    percent_b: np.ndarray
+    vs_sma: dict[int, np.ndarray]  # close over the SMA, less 1
 
 
 def indicator_series(close: np.ndarray, high: np.ndarray, low: np.ndarray) -> IndicatorSeries:
@@ -85,6 +89,16 @@ def indicator_series(close: np.ndarray, high: np.ndarray, low: np.ndarray) -> In
         nbdevup=BOLLINGER_DEVIATIONS,
         nbdevdn=BOLLINGER_DEVIATIONS,
     )  # the middle band is TA-Lib's default, a simple moving average
+    sma = {period: talib.SMA(close, timeperiod=period) for period in SMA_PERIODS}
+    before = np.concatenate([[np.nan], histogram[:-1]])
+    width = upper - lower
+    with np.errstate(invalid="ignore", divide="ignore"):
+        crossover = np.where(
+            (before <= 0) & (histogram > 0), 1, np.where((before >= 0) & (histogram < 0), -1, 0)
+        )
+        inside = np.where(width > 0, (close - lower) / width, 0.5)
+        vs_sma = {p: np.where(values != 0, close / values - 1.0, np.nan) for p, values in sma.items()}
+    bands = ~np.isnan(upper) & ~np.isnan(lower) & ~np.isnan(middle) & (middle != 0)
     return IndicatorSeries(
         close=close,
         rsi=talib.RSI(close, timeperiod=RSI_PERIOD),
@@ -94,9 +108,12 @@ def indicator_series(close: np.ndarray, high: np.ndarray, low: np.ndarray) -> In
         upper=upper,
         middle=middle,
         lower=lower,
-        sma={period: talib.SMA(close, timeperiod=period) for period in SMA_PERIODS},
+        sma=sma,
         ema={period: talib.EMA(close, timeperiod=period) for period in EMA_PERIODS},
         atr=talib.ATR(high, low, close, timeperiod=ATR_PERIOD),
+        crossover=crossover,
+        percent_b=np.where(bands, inside, np.nan),
+        vs_sma=vs_sma,
     )
 
 
@@ -108,19 +125,16 @@ def indicators_at(series: IndicatorSeries, i: int, as_of: str) -> dict[str, Any]
     price = float(series.close[i])
 
     rsi_now = value(series.rsi[i])
-    hist_now, hist_before = value(series.histogram[i]), value(series.histogram[i - 1])
-    crossover = None
-    if hist_now is not None and hist_before is not None:
-        if hist_before <= 0 < hist_now:
-            crossover = "bullish"
-        elif hist_before >= 0 > hist_now:
-            crossover = "bearish"
+    hist_now = value(series.histogram[i])
+    crossover = {1: "bullish", -1: "bearish"}.get(int(series.crossover[i]))
     band_top, band_mid, band_bottom = value(series.upper[i]), value(series.middle[i]), value(series.lower[i])
-    percent_b = bandwidth = None
-    if band_top is not None and band_bottom is not None and band_mid:
-        width = band_top - band_bottom
-        percent_b = (price - band_bottom) / width if width > 0 else 0.5
-        bandwidth = width / band_mid
+    percent_b = value(series.percent_b[i])
+    bandwidth = None
+    if percent_b is not None:  # the bands exist, and their middle is not 0
+        assert band_top is not None
+        assert band_bottom is not None
+        assert band_mid
+        bandwidth = (band_top - band_bottom) / band_mid
 
     missing = [f"SMA {p} needs {p} bars" for p in SMA_PERIODS if sma[p] is None]
     return {
@@ -146,17 +160,12 @@ def indicators_at(series: IndicatorSeries, i: int, as_of: str) -> dict[str, Any]
         "moving_averages": {
             **{f"sma_{p}": sma[p] for p in SMA_PERIODS},
             **{f"ema_{p}": ema[p] for p in EMA_PERIODS},
-            **{f"price_vs_sma_{p}": _change(price, sma[p]) for p in SMA_PERIODS},
+            **{f"price_vs_sma_{p}": value(series.vs_sma[p][i]) for p in SMA_PERIODS},
         },
         "trend": _trend(price, sma[50], sma[200]),
         "atr": {"value": atr, "period": ATR_PERIOD, "percent_of_price": _ratio(atr, price)},
         "warnings": missing,
     }
-
-
-def _change(price: float, reference: float | None) -> float | None:
-    ratio = _ratio(price, reference)
-    return None if ratio is None else ratio - 1.0
 
 
 def _rsi_zone(rsi: float | None) -> str | None:

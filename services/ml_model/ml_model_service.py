@@ -520,6 +520,14 @@ class MlModelService(BaseService):
         }
 
 
+def ensemble_figures(p_up: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``p_up`` (a row per model): the ensemble's P(up) (the mean), its agreement
+    (the share of models voting with it) and its confidence |2 P(up) - 1| x agreement, unrounded."""
+    p = p_up.mean(axis=0)
+    agreement = ((p_up >= 0.5) == (p >= 0.5)).sum(axis=0) / p_up.shape[0]
+    return p, agreement, np.abs(2 * p - 1) * agreement
+
+
 def ensemble_answer(
     symbol: str | None,
     scope: str,
@@ -530,18 +538,15 @@ def ensemble_answer(
 ) -> dict[str, Any]:
     """The ensemble: mean P(up); agreement = share of models voting with it;
     confidence = |2 P(up) - 1| x agreement (0 = a coin toss, 1 = every model certain)."""
-    p = float(np.mean(p_up))
-    direction = 1 if p >= 0.5 else 0
-    votes = [1 if q >= 0.5 else 0 for q in p_up]
-    agreement = sum(1 for v in votes if v == direction) / len(votes)
+    p, agreement, confidence = (float(v[0]) for v in ensemble_figures(np.array(p_up, dtype=float)[:, None]))
     return {
         "symbol": symbol,
         "scope": scope,
         "as_of": as_of.isoformat(),
         "probability_up": round(p, 6),
-        "direction": "up" if direction else "down",
+        "direction": "up" if p >= 0.5 else "down",
         "agreement": round(agreement, 4),
-        "confidence": round(abs(2 * p - 1) * agreement, 6),
+        "confidence": round(confidence, 6),
         "horizon_days": horizon_days,
         "models": {
             m.name: {

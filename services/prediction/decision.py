@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
+
 from services.base.errors import ConfigError
 from services.prediction.config import REGIMES, PredictionConfig
 
@@ -31,6 +33,7 @@ from services.prediction.config import REGIMES, PredictionConfig
 RSI_OVERSOLD, RSI_OVERBOUGHT = 30.0, 70.0
 # Points from 50 that make the technical input fully bullish (75) or bearish (25).
 TECHNICAL_FULL_SCALE = 25.0
+TECHNICAL_PARTS = ("rsi", "macd", "bollinger", "trend", "volume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +74,67 @@ class Decision:
 # -- inputs ----------------------------------------------------------------------------------
 
 
+def rsi_points(rsi: np.ndarray) -> np.ndarray:
+    """The RSI's part: oversold 75, overbought 25, linear between (30 -> 60, 70 -> 40)."""
+    between = 60.0 - (rsi - RSI_OVERSOLD) / (RSI_OVERBOUGHT - RSI_OVERSOLD) * 20.0
+    return np.where(rsi <= RSI_OVERSOLD, 75.0, np.where(rsi >= RSI_OVERBOUGHT, 25.0, between))
+
+
+def macd_points(histogram: np.ndarray, crossover: np.ndarray) -> np.ndarray:
+    """MACD's part: a crossover (+1 above its signal, -1 below) 80 or 20, else momentum 62 or 38."""
+    momentum = np.where(histogram > 0, 62.0, 38.0)
+    return np.where(crossover == 1, 80.0, np.where(crossover == -1, 20.0, momentum))
+
+
+def bollinger_points(percent_b: np.ndarray) -> np.ndarray:
+    """Bollinger %B's part: below the lower band 75, above the upper 25; inside, 60 .. 40 (nearer
+    the lower band leans bullish: mean reversion)."""
+    return np.where(percent_b < 0, 75.0, np.where(percent_b > 1, 25.0, 60.0 - percent_b * 20.0))
+
+
+def trend_points(vs_sma50: np.ndarray, vs_sma200: np.ndarray) -> np.ndarray:
+    """The trend's part: above both SMAs 75, above SMA 200 only 55, above SMA 50 only 45, below both 25."""
+    above50, above200 = vs_sma50 > 0, vs_sma200 > 0
+    return np.where(above200, np.where(above50, 75.0, 55.0), np.where(above50, 45.0, 25.0))
+
+
+def volume_points(unusual: np.ndarray, change_percent: np.ndarray) -> np.ndarray:
+    """Volume's part: unusual volume on a rise 65, on a fall 35; else 50."""
+    moved = np.where(change_percent > 0, 65.0, np.where(change_percent < 0, 35.0, 50.0))
+    return np.where(unusual, moved, 50.0)
+
+
+def technical_scores(
+    points: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray], config: PredictionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score 0..100, score -1..+1 rounded to 6 places, any part present) of each row: the
+    weighted mean of the parts present, in ``TECHNICAL_PARTS`` order."""
+    weights = config.technical_weights
+    total = np.zeros(len(next(iter(points.values()))))
+    weighted = np.zeros_like(total)
+    for name in TECHNICAL_PARTS:
+        if weights[name] > 0:
+            weighted = weighted + np.where(present[name], weights[name] * points[name], 0.0)
+            total = total + np.where(present[name], weights[name], 0.0)
+    used = total > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score_100 = np.where(used, weighted / np.where(used, total, 1.0), np.nan)
+    score = rounded(np.clip((score_100 - 50.0) / TECHNICAL_FULL_SCALE, -1.0, 1.0), 6)
+    return score_100, score, used
+
+
+def rounded(values: np.ndarray, places: int) -> np.ndarray:
+    """Python's ``round`` of each value (correctly rounded; numpy's ``round`` is not always)."""
+    return np.array([round(v, places) if v == v else v for v in values.tolist()], dtype=float)
+
+
+def _one(value: float | None) -> np.ndarray:
+    return np.array([np.nan if value is None else value], dtype=float)
+
+
 def _rsi_part(rsi: float) -> tuple[float, str]:
-    if rsi <= RSI_OVERSOLD:
-        return 75.0, f"RSI {rsi:.0f} oversold"
-    if rsi >= RSI_OVERBOUGHT:
-        return 25.0, f"RSI {rsi:.0f} overbought"
-    # Linear between the zones: 30 -> 60, 70 -> 40.
-    return 60.0 - (rsi - RSI_OVERSOLD) / (RSI_OVERBOUGHT - RSI_OVERSOLD) * 20.0, f"RSI {rsi:.0f} neutral"
+    zone = "oversold" if rsi <= RSI_OVERSOLD else "overbought" if rsi >= RSI_OVERBOUGHT else "neutral"
+    return float(rsi_points(_one(rsi))[0]), f"RSI {rsi:.0f} {zone}"
 
 
 def _macd_part(macd: Mapping[str, Any]) -> tuple[float, str] | None:
@@ -85,46 +142,52 @@ def _macd_part(macd: Mapping[str, Any]) -> tuple[float, str] | None:
     if histogram is None:
         return None
     crossover = macd.get("crossover")
-    if crossover == "bullish":
-        return 80.0, "MACD crossed above its signal"
-    if crossover == "bearish":
-        return 20.0, "MACD crossed below its signal"
-    return (62.0, "MACD momentum positive") if histogram > 0 else (38.0, "MACD momentum negative")
+    code = 1 if crossover == "bullish" else -1 if crossover == "bearish" else 0
+    text = {
+        1: "MACD crossed above its signal",
+        -1: "MACD crossed below its signal",
+        0: "MACD momentum positive" if histogram > 0 else "MACD momentum negative",
+    }[code]
+    return float(macd_points(_one(histogram), np.array([code]))[0]), text
 
 
 def _bollinger_part(percent_b: float) -> tuple[float, str]:
     if percent_b < 0:
-        return 75.0, f"price below the lower Bollinger band (%B {percent_b:.2f})"
-    if percent_b > 1:
-        return 25.0, f"price above the upper Bollinger band (%B {percent_b:.2f})"
-    # Inside the bands: nearer the lower band leans bullish (mean reversion), 60 .. 40.
-    return 60.0 - percent_b * 20.0, f"%B {percent_b:.2f} inside the bands"
+        text = f"price below the lower Bollinger band (%B {percent_b:.2f})"
+    elif percent_b > 1:
+        text = f"price above the upper Bollinger band (%B {percent_b:.2f})"
+    else:
+        text = f"%B {percent_b:.2f} inside the bands"
+    return float(bollinger_points(_one(percent_b))[0]), text
+
+
+TREND_TEXT = {
+    75.0: "price above SMA 50 and SMA 200 (uptrend)",
+    55.0: "price above SMA 200, below SMA 50 (pullback in an uptrend)",
+    45.0: "price above SMA 50, below SMA 200 (rally in a downtrend)",
+    25.0: "price below SMA 50 and SMA 200 (downtrend)",
+}
 
 
 def _trend_part(vs_sma50: float | None, vs_sma200: float | None) -> tuple[float, str] | None:
     if vs_sma50 is None or vs_sma200 is None:
         return None
-    above50, above200 = vs_sma50 > 0, vs_sma200 > 0
-    if above50 and above200:
-        return 75.0, "price above SMA 50 and SMA 200 (uptrend)"
-    if above200:
-        return 55.0, "price above SMA 200, below SMA 50 (pullback in an uptrend)"
-    if above50:
-        return 45.0, "price above SMA 50, below SMA 200 (rally in a downtrend)"
-    return 25.0, "price below SMA 50 and SMA 200 (downtrend)"
+    points = float(trend_points(_one(vs_sma50), _one(vs_sma200))[0])
+    return points, TREND_TEXT[points]
 
 
 def _volume_part(volume: Mapping[str, Any], change_percent: float | None) -> tuple[float, str] | None:
     if not volume.get("available") or change_percent is None:
         return None
     ratio = volume.get("ratio_to_average")
-    if not volume.get("unusual") or ratio is None:
-        return 50.0, "volume normal"
-    if change_percent > 0:
-        return 65.0, f"volume {ratio:.1f}x average on a rise"
-    if change_percent < 0:
-        return 35.0, f"volume {ratio:.1f}x average on a fall"
-    return 50.0, f"volume {ratio:.1f}x average, price unchanged"
+    unusual = bool(volume.get("unusual")) and ratio is not None
+    points = float(volume_points(np.array([unusual]), _one(change_percent))[0])
+    if not unusual:
+        return points, "volume normal"
+    moved = (
+        " on a rise" if change_percent > 0 else " on a fall" if change_percent < 0 else ", price unchanged"
+    )
+    return points, f"volume {ratio:.1f}x average{moved}"
 
 
 def technical_input(market_data: Mapping[str, Any], config: PredictionConfig) -> Input:
@@ -145,13 +208,16 @@ def technical_input(market_data: Mapping[str, Any], config: PredictionConfig) ->
         "trend": _trend_part(averages.get("price_vs_sma_50"), averages.get("price_vs_sma_200")),
         "volume": _volume_part(market_data.get("volume") or {}, market_data.get("change_percent")),
     }
-    weights = config.technical_weights
-    present = {name: part for name, part in parts.items() if part is not None and weights[name] > 0}
+    present = {name: part for name, part in parts.items() if part is not None}
     at = market_data.get("price_time")
-    if not present:
+    score_100, score, used = technical_scores(
+        {name: _one(part[0] if part else None) for name, part in parts.items()},
+        {name: np.array([part is not None]) for name, part in parts.items()},
+        config,
+    )
+    if not used[0]:
         return Input("technical", None, 0.0, at, missing="market data has too few bars for indicators")
-    total = sum(weights[name] for name in present)
-    score_100 = sum(weights[name] * part[0] for name, part in present.items()) / total
+    present = {name: part for name, part in present.items() if config.technical_weights[name] > 0}
     behind = market_data.get("sessions_behind")
     stale = behind is None or behind >= config.stale_after_sessions
     reasons = [part[1] for part in present.values()]
@@ -159,13 +225,13 @@ def technical_input(market_data: Mapping[str, Any], config: PredictionConfig) ->
         reasons.append(f"market data is {market_data.get('sessions_behind')} sessions behind")
     return Input(
         "technical",
-        round(max(-1.0, min(1.0, (score_100 - 50.0) / TECHNICAL_FULL_SCALE)), 6),
+        float(score[0]),
         config.stale_confidence if stale else 1.0,
         at,
         tuple(reasons),
         stale=stale,
         details={
-            "score_0_100": round(score_100, 2),
+            "score_0_100": round(float(score_100[0]), 2),
             "parts": {n: round(p[0], 1) for n, p in present.items()},
         },
     )
@@ -195,18 +261,33 @@ def sentiment_input(result: Mapping[str, Any], config: PredictionConfig) -> Inpu
     )
 
 
+def ml_scores(
+    probability_up: np.ndarray, agreement: np.ndarray, confidence: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, confidence) of the ML input from the ensemble's figures: 2 P(up) - 1, weighed by the
+    agreement; the score is NaN where the ensemble is undecided (its confidence 0)."""
+    agreement = np.minimum(1.0, agreement)
+    decided = (confidence > 0) & (agreement > 0)
+    return np.where(decided, np.clip(2.0 * probability_up - 1.0, -1.0, 1.0), np.nan), agreement
+
+
 def ml_input(ensemble: Mapping[str, Any]) -> Input:
     """From ``ml_model.get_ensemble_prediction``: 2 P(up) - 1, weighed by the models' agreement
     (the score already carries how sure the ensemble is). Undecided (confidence 0): left out."""
     p_up = float(ensemble["probability_up"])
-    agreement = min(1.0, float(ensemble.get("agreement") or 0.0))
+    score, agreement = (
+        float(v[0])
+        for v in ml_scores(
+            _one(p_up), _one(ensemble.get("agreement") or 0.0), _one(ensemble.get("confidence") or 0.0)
+        )
+    )
     at = ensemble.get("as_of")
-    if float(ensemble.get("confidence") or 0.0) <= 0 or agreement <= 0:
+    if score != score:
         return Input("ml", None, 0.0, at, missing=f"the ML ensemble is undecided (P(up) {p_up:.2f})")
     days = ensemble.get("horizon_days")
     return Input(
         "ml",
-        max(-1.0, min(1.0, 2.0 * p_up - 1.0)),
+        score,
         agreement,
         at,
         (f"ML ensemble P(up over {days} days) {p_up:.2f}, agreement {agreement:.0%}",),
@@ -261,29 +342,70 @@ def context_for(context: Context, price_time: str | None, config: PredictionConf
 # -- the decision ----------------------------------------------------------------------------
 
 
+SIGNALS = {1: "BUY", 0: "HOLD", -1: "SELL"}
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """The numbers of many decisions at once: each an element of the arrays."""
+
+    signal: np.ndarray  # 1 BUY, 0 HOLD, -1 SELL
+    confidence: np.ndarray  # rounded to 4 places
+    combined: np.ndarray  # rounded to 4 places
+    coverage: np.ndarray
+    threshold: np.ndarray  # the BUY threshold, or minus the SELL one for a SELL
+
+
+def score(
+    inputs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    regime: np.ndarray,
+    high_volatility: np.ndarray,
+    config: PredictionConfig,
+) -> Scored:
+    """The formula of ``decide`` over arrays. ``inputs``: name -> (score, confidence) with NaN
+    scores where an input is not used, in the order ``decide`` weighs them; ``regime``: bull,
+    sideways, bear or "" (none: the sideways thresholds)."""
+    weights = config.weights
+    total = np.zeros(len(regime))
+    weighted = np.zeros_like(total)
+    for name, (values, confidence) in inputs.items():
+        used = (values == values) & (confidence > 0) & (weights[name] > 0)
+        effective = weights[name] * confidence
+        total = total + np.where(used, effective, 0.0)
+        weighted = weighted + np.where(used, effective * np.where(used, values, 0.0), 0.0)
+    combined = rounded(weighted / total, 4)  # rounded first: the reported score and the signal agree
+    coverage = total / sum(weights.values())
+    rule = np.where(regime == "", "sideways", regime)
+    buy = np.array([config.buy_threshold[r] for r in rule.tolist()], dtype=float)
+    sell = np.array([config.sell_threshold[r] for r in rule.tolist()], dtype=float)
+    signal = np.where(combined >= buy, 1, np.where(combined <= -sell, -1, 0))
+    hold_margin = np.where(combined >= 0, (buy - combined) / buy, (combined + sell) / sell)
+    margin = np.where(
+        signal == 1,
+        (combined - buy) / (1.0 - buy),
+        np.where(signal == -1, (-combined - sell) / (1.0 - sell), hold_margin),
+    )
+    confidence = coverage * (0.5 + 0.5 * np.minimum(1.0, margin))
+    confidence = np.where(high_volatility, confidence * config.high_volatility_confidence, confidence)
+    return Scored(signal, rounded(confidence, 4), combined, coverage, np.where(signal == -1, -sell, buy))
+
+
 def decide(inputs: Mapping[str, Input], context: Context, config: PredictionConfig) -> Decision:
     """BUY, HOLD or SELL from the available inputs (``technical`` must be among them)."""
     weights = config.weights
     used = {name: i for name, i in inputs.items() if i.used and weights[name] > 0}
     assert "technical" in used, "the technical input is required"
-    effective = {name: weights[name] * i.confidence for name, i in used.items()}
-    total = sum(effective.values())
-    # Rounded first, so the reported score and the signal cannot disagree.
-    combined = round(sum(effective[name] * (i.score or 0.0) for name, i in used.items()) / total, 4)
-    coverage = total / sum(weights.values())
+    scored = score(
+        {name: (_one(i.score if i.used else None), _one(i.confidence)) for name, i in inputs.items()},
+        np.array([context.regime or ""]),
+        np.array([context.volatility == "high"]),
+        config,
+    )
+    signal = SIGNALS[int(scored.signal[0])]
+    combined = float(scored.combined[0])
     regime = context.regime
     rule = regime or "sideways"
     buy, sell = config.buy_threshold[rule], config.sell_threshold[rule]
-    if combined >= buy:
-        signal, margin = "BUY", (combined - buy) / (1.0 - buy)
-    elif combined <= -sell:
-        signal, margin = "SELL", (-combined - sell) / (1.0 - sell)
-    else:
-        signal = "HOLD"
-        margin = (buy - combined) / buy if combined >= 0 else (combined + sell) / sell
-    confidence = coverage * (0.5 + 0.5 * min(1.0, margin))
-    if context.volatility == "high":
-        confidence *= config.high_volatility_confidence
 
     missing = {name: i.missing or "zero confidence" for name, i in inputs.items() if not i.used}
     missing.update({name: "not asked" for name in weights if name not in inputs})
@@ -304,9 +426,9 @@ def decide(inputs: Mapping[str, Input], context: Context, config: PredictionConf
     degraded = bool(missing) or context.stale or any(i.stale for i in used.values())
     return Decision(
         signal=signal,
-        confidence=round(confidence, 4),
+        confidence=float(scored.confidence[0]),
         combined=combined,
-        coverage=round(coverage, 4),
+        coverage=round(float(scored.coverage[0]), 4),
         regime=regime,
         threshold=buy if signal != "SELL" else -sell,
         reasons=reasons,
