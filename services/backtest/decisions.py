@@ -132,12 +132,16 @@ class Timeline:
         """How many rows are wholly visible at ``now``."""
         return int(np.searchsorted(self.all_known, now.timestamp(), side="right"))
 
-    def newest(self, now: datetime) -> str | None:
-        """The date of the newest row visible at ``now``, whole or only its open."""
-        known = self.known(now)
-        if known < len(self.keys) and self.open_known[known] <= now.timestamp():
-            return self.keys[known]
-        return self.keys[known - 1] if known else None
+    def seen_at(self, rounds: Rounds) -> tuple[np.ndarray, np.ndarray]:
+        """At each round: (complete rows visible, sessions the newest visible row is behind, as
+        market data's ``sessions_behind`` counts them; -1 without a row)."""
+        known = np.searchsorted(self.all_known, rounds.posix, side="right")
+        last = max(len(self.keys) - 1, 0)
+        partial = (known < len(self.keys)) & (self.open_known[np.minimum(known, last)] <= rounds.posix)
+        newest = np.where(partial, known, known - 1)  # a session's open shows before its close
+        ordinals = np.array([date.fromisoformat(key).toordinal() for key in self.keys], dtype=np.int64)
+        behind = rounds.behind(ordinals[np.clip(newest, 0, last)] if len(self.keys) else newest)
+        return self.complete_before[known], np.where(newest >= 0, behind, -1)
 
     def latest_price(self, now: datetime) -> tuple[float, str] | None:
         """The price market data shows at ``now`` and the date of its bar: the last visible close,
@@ -200,10 +204,6 @@ class Rounds:
         return np.maximum(0, self.closed - np.searchsorted(self.session_days, newest, side="right"))
 
 
-def _ordinals(keys: Sequence[str]) -> np.ndarray:
-    return np.array([date.fromisoformat(key[:10]).toordinal() for key in keys], dtype=np.int64)
-
-
 class IndexContext:
     """The market context from the index, as ``get_market_context`` answers at a moment."""
 
@@ -216,19 +216,11 @@ class IndexContext:
 
     def at(self, rounds: Rounds) -> list[Context]:
         """The context of each round."""
-        line = self.timeline
-        known = np.searchsorted(line.all_known, rounds.posix, side="right")
-        partial = (known < len(line.keys)) & (
-            line.open_known[np.minimum(known, len(line.keys) - 1)] <= rounds.posix
-        )
-        newest = np.where(partial, known, known - 1)
-        ordinals = _ordinals(line.keys) if line.keys else np.zeros(0, dtype=np.int64)
-        behind = rounds.behind(np.where(newest >= 0, ordinals[np.maximum(newest, 0)], 0))
-        counts = line.complete_before[known]
-        return [self._context(int(c), int(b), n >= 0) for c, b, n in zip(counts, behind, newest, strict=True)]
+        counts, behind = self.timeline.seen_at(rounds)
+        return [self._context(int(c), int(b)) for c, b in zip(counts, behind, strict=True)]
 
-    def _context(self, count: int, behind: int, any_row: bool) -> Context:
-        if count == 0 or not any_row:
+    def _context(self, count: int, behind: int) -> Context:
+        if count == 0 or behind < 0:
             return no_context(f"market context unavailable: no price data for {self.md.context_symbol}")
         cached = self._cache.get((count, behind))
         if cached is not None:
@@ -299,19 +291,14 @@ class SymbolHistory:
     ) -> list[Made]:
         """Each round's prediction, as prediction's ``generate_predictions`` makes it; a round
         where prediction fails the symbol (fewer than two bars) has none."""
-        line = self.timeline
-        n = len(line.keys)
-        known = np.searchsorted(line.all_known, rounds.posix, side="right")
-        partial = (known < n) & (line.open_known[np.minimum(known, max(n - 1, 0))] <= rounds.posix)
-        count = line.complete_before[known]
+        if len(self.closes) < 2:
+            return []  # market data cannot compute indicators: prediction fails the symbol
+        count, behind = self.timeline.seen_at(rounds)
         usable = count >= 2
-        last = np.maximum(count - 1, 1)  # the last complete bar (the indicators' row)
-        quotes = [line.latest_price(t) for t in rounds.times]
+        last = np.clip(count - 1, 1, len(self.closes) - 1)  # the last complete bar (the indicators')
+        quotes = [self.timeline.latest_price(t) for t in rounds.times]
         price = np.array([q[0] if q else np.nan for q in quotes])
         price_time = [q[1] if q else "" for q in quotes]
-        newest = np.where(partial, known, known - 1)
-        ordinals = _ordinals(line.keys)
-        behind = rounds.behind(np.where(newest >= 0, ordinals[np.maximum(newest, 0)], 0))
         # A close compares with the close before it; a session's open with the last close.
         in_session = np.array([p != self.complete_keys[i] for p, i in zip(price_time, last, strict=True)])
         before = np.where(in_session, self.closes[last], self.closes[last - 1])
