@@ -329,3 +329,24 @@ async def test_unpriced_positions_say_so(client: RpcClient) -> None:
     position = (await client.call("get_positions"))[0]
     assert position["priced"] is False
     assert position["market_price"] == "100.0000"  # the last price market data gave
+
+
+async def test_fills_and_the_equity_curve_are_read_a_page_at_a_time(client: RpcClient) -> None:
+    for symbol in ("CBA.AX", "WBC.AX", "ANZ.AX"):
+        await client.call("execute_trade", {"symbol": symbol, "action": "BUY", "quantity": 10})
+    await client.call("end_of_day_sync")
+    first = await client.call("get_fills", {"limit": 2})
+    rest = await client.call("get_fills", {"after_id": first[-1]["id"], "limit": 2})
+    assert [f["symbol"] for f in first + rest] == ["CBA.AX", "WBC.AX", "ANZ.AX"]
+    cba = first[0]
+    assert (cba["price"], cba["value_cents"], cba["commission_cents"]) == ("100.0500", 100_050, 1100)
+    (day,) = await client.call("get_equity_curve")
+    assert day == {
+        "day": SESSION,
+        "equity_cents": 10_000_000 - 3 * (1100 + 50),
+        "cash_cents": 10_000_000 - 3 * (100_050 + 1100),
+        "market_value_cents": 3 * 100_000,
+    }
+    with pytest.raises(InvalidParams) as caught:
+        await client.call("get_fills", {"limit": 0})
+    assert caught.value.data["field"] == "limit"

@@ -169,6 +169,14 @@ async def test_a_batch_is_stored_then_published_on_the_stream(
     everything = await client.call("get_prediction_history", {"limit": 8})
     assert len(everything) == 4
     assert {"symbol", "signal", "confidence", "ts", "degraded"} <= set(everything[0])
+    first = await client.call("get_predictions", {"limit": 3})
+    rest = await client.call("get_predictions", {"after_id": first[-1]["id"], "limit": 3})
+    assert [p["id"] for p in first + rest] == sorted(h["id"] for h in everything)  # oldest first
+    brief = next(p for p in first + rest if p["symbol"] == "CBA.AX")
+    assert (brief["signal"], brief["price"], brief["price_time"], brief["degraded"]) == (
+        "BUY", 100.0, "2026-11-19", False,
+    )  # fmt: skip
+    assert brief["confidence"] == cba["confidence"]
     health = await client.call("health")
     assert health["prediction_count"] == 4
     assert health["cache_size"] == 4
