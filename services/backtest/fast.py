@@ -16,16 +16,16 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 import pandas as pd
 
-from services.asx.calendar import SYDNEY, AsxCalendar
+from services.asx.calendar import AsxCalendar
 from services.backtest.decisions import IndexContext, Made, Models, Rounds, SymbolHistory, Timeline
-from services.backtest.replay import DEFAULT_SYMBOLS, history_tables
+from services.backtest.replay import DEFAULT_SYMBOLS, history_tables, midnight_before
 from services.backtest.walk import Book, Signal, Walk, moments
 from services.base.config import BASE_SECTIONS, SECTIONS, build_dataclass
 from services.base.errors import ConfigError
@@ -57,11 +57,11 @@ class BacktestPlan:
 
     @property
     def begins_at(self) -> datetime:
-        return datetime.combine(self.start, datetime.min.time(), SYDNEY).astimezone(UTC)
+        return midnight_before(self.start)
 
     @property
     def ends_at(self) -> datetime:
-        return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), SYDNEY).astimezone(UTC)
+        return midnight_before(self.end + timedelta(days=1))
 
     def settings(self) -> Settings:
         """The config the run reads: the replay's, with ``overrides`` merged over it."""

@@ -68,12 +68,11 @@ class ReplayPlan:
 
     @property
     def begins_at(self) -> datetime:
-        return datetime.combine(self.start, datetime.min.time(), SYDNEY).astimezone(UTC)
+        return midnight_before(self.start)
 
     @property
     def ends_at(self) -> datetime:
-        after = self.end + timedelta(days=1)
-        return datetime.combine(after, datetime.min.time(), SYDNEY).astimezone(UTC)
+        return midnight_before(self.end + timedelta(days=1))
 
     @property
     def clock_file(self) -> Path:
@@ -88,6 +87,11 @@ class ReplayPlan:
         missing = [s for s in (*self.symbols, INDEX) if not (self.prices / f"{s}.csv").is_file()]
         if missing:
             raise ConfigError(f"no price file for {', '.join(missing)} in {self.prices}")
+
+
+def midnight_before(day: date) -> datetime:
+    """The start of ``day`` in Sydney, in UTC: where a run through history begins or ends."""
+    return datetime.combine(day, datetime.min.time(), SYDNEY).astimezone(UTC)
 
 
 DEMO_FIRST_DAY = date(2024, 1, 2)

@@ -55,6 +55,26 @@ def market() -> Iterator[Market]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def tradingctl(command: str, market: Market, *extra: str) -> list[str]:
+    """The command line of ``tradingctl <command>`` over the market's prices and window."""
+    window = ["--from", market.start.isoformat(), "--to", market.end.isoformat()]
+    return [
+        sys.executable,
+        "-m",
+        "services.management",
+        command,
+        *window,
+        "--prices",
+        str(market.prices),
+        *extra,
+    ]
+
+
+def environment(trading_home: Path) -> dict[str, str]:
+    """This environment, with a ``TRADING_HOME`` of its own and the project importable."""
+    return dict(os.environ, TRADING_HOME=str(trading_home), PYTHONPATH=str(ROOT))
+
+
 @dataclass
 class Run:
     home: TradingHome
@@ -88,12 +108,8 @@ def replay(
     home = TradingHome(root / "h")
     config = root / "extra.toml"
     config.write_text(CONFIG)
-    command = [
-        sys.executable, "-m", "services.management", "replay", "--from", market.start.isoformat(),
-        "--to", market.end.isoformat(), "--prices", str(market.prices), "--home", str(home.root),
-        "--config", str(config),
-    ]  # fmt: skip
-    env = dict(os.environ, TRADING_HOME=str(root / "unused"), PYTHONPATH=str(ROOT))
+    command = tradingctl("replay", market, "--home", str(home.root), "--config", str(config))
+    env = environment(root / "unused")
     log = root / "replay.out"
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

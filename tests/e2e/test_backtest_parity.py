@@ -10,10 +10,8 @@ Both run with paper trading's bar lowered so that fills happen: on 2019 Q1 of th
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
@@ -24,7 +22,7 @@ import orjson
 import pytest
 
 from services.market_data.synthetic import write_synthetic_market
-from tests.e2e.conftest import CONFIG, ROOT, SYMBOLS, Market, Run, replay
+from tests.e2e.conftest import CONFIG, ROOT, SYMBOLS, Market, Run, environment, replay, tradingctl
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -37,23 +35,8 @@ def backtest(market: Market, workdir: Path) -> Path:
     config = workdir / "extra.toml"
     config.write_text(CONFIG)
     out = workdir / "report"
-    command = [
-        sys.executable,
-        "-m",
-        "services.management",
-        "backtest",
-        "--from",
-        market.start.isoformat(),
-        "--to",
-        market.end.isoformat(),
-        "--prices",
-        str(market.prices),
-        "--config",
-        str(config),
-        "--out",
-        str(out),
-    ]
-    env = dict(os.environ, TRADING_HOME=str(workdir / "home"), PYTHONPATH=str(ROOT))
+    command = tradingctl("backtest", market, "--config", str(config), "--out", str(out))
+    env = environment(workdir / "home")
     done = subprocess.run(
         command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )

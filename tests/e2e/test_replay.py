@@ -25,7 +25,7 @@ import pytest
 
 from services.asx.calendar import SYDNEY
 from services.base.config import TradingHome
-from tests.e2e.conftest import ROOT, Market, Run, replay
+from tests.e2e.conftest import ROOT, Market, Run, environment, replay, tradingctl
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -35,7 +35,7 @@ def processes(home: TradingHome) -> dict[str, dict[str, Any]]:
     try:
         answer = subprocess.run(
             [sys.executable, "-m", "services.management", "status", "--json"],
-            env=dict(os.environ, TRADING_HOME=str(home.root), PYTHONPATH=str(ROOT)),
+            env=environment(home.root),
             capture_output=True,
             timeout=30,
             check=False,
@@ -146,21 +146,8 @@ def test_sigterm_stops_the_replay_and_its_whole_stack(market: Market) -> None:
     end with it, and it says where it stopped."""
     root = Path(tempfile.mkdtemp(prefix="at-e2e-", dir="/tmp"))
     home = TradingHome(root / "h")
-    command = [
-        sys.executable,
-        "-m",
-        "services.management",
-        "replay",
-        "--from",
-        market.start.isoformat(),
-        "--to",
-        market.end.isoformat(),
-        "--prices",
-        str(market.prices),
-        "--home",
-        str(home.root),
-    ]
-    env = dict(os.environ, TRADING_HOME=str(root / "unused"), PYTHONPATH=str(ROOT))
+    command = tradingctl("replay", market, "--home", str(home.root))
+    env = environment(root / "unused")
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     clock = home.run / "replay-clock"
     deadline = time.monotonic() + 300
