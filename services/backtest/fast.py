@@ -25,7 +25,7 @@ import pandas as pd
 
 from services.asx.calendar import AsxCalendar
 from services.backtest.decisions import IndexContext, Made, Models, Rounds, SymbolHistory, Timeline
-from services.backtest.replay import DEFAULT_SYMBOLS, history_tables, midnight_before
+from services.backtest.replay import DEFAULT_SYMBOLS, Window, history_tables
 from services.backtest.walk import Book, Signal, Walk, moments
 from services.base.config import BASE_SECTIONS, SECTIONS, build_dataclass
 from services.base.errors import ConfigError
@@ -44,9 +44,7 @@ Progress = Callable[[str, float], None]  # (stage, share done 0..1)
 
 
 @dataclass(frozen=True, slots=True)
-class BacktestPlan:
-    start: date
-    end: date  # inclusive
+class BacktestPlan(Window):
     prices: Path
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     models: tuple[str, ...] = ("logistic",)
@@ -54,14 +52,6 @@ class BacktestPlan:
     # Where trained models are kept between runs (None: trained afresh in a temporary place).
     model_cache: Path | None = None
     synthetic: bool = False
-
-    @property
-    def begins_at(self) -> datetime:
-        return midnight_before(self.start)
-
-    @property
-    def ends_at(self) -> datetime:
-        return midnight_before(self.end + timedelta(days=1))
 
     def settings(self) -> Settings:
         """The config the run reads: the replay's, with ``overrides`` merged over it."""

@@ -53,9 +53,23 @@ DEFAULT_SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
 
 
 @dataclass(frozen=True, slots=True)
-class ReplayPlan:
+class Window:
+    """A stretch of history: from the start of ``start`` to the end of ``end``, Sydney time."""
+
     start: date
-    end: date  # inclusive: the replay runs to the end of this day
+    end: date  # inclusive: the run goes to the end of this day
+
+    @property
+    def begins_at(self) -> datetime:
+        return midnight_before(self.start)
+
+    @property
+    def ends_at(self) -> datetime:
+        return midnight_before(self.end + timedelta(days=1))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan(Window):
     prices: Path
     home: TradingHome
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
@@ -65,14 +79,6 @@ class ReplayPlan:
     # Extra config tables, merged over the replay's own (e.g. [manager] restart settings).
     overrides: Mapping[str, Any] = field(default_factory=dict)
     synthetic: bool = False
-
-    @property
-    def begins_at(self) -> datetime:
-        return midnight_before(self.start)
-
-    @property
-    def ends_at(self) -> datetime:
-        return midnight_before(self.end + timedelta(days=1))
 
     @property
     def clock_file(self) -> Path:
