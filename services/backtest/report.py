@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+from scipy.stats import binomtest
 
 from services.asx.calendar import SYDNEY
 from services.paper_trading.analytics import ClosedTrade, max_drawdown, trade_statistics
@@ -43,6 +44,7 @@ INDEX = "^AXJO"
 HORIZON_SESSIONS = 5
 TRADING_DAYS = 252
 BLOCK_DAYS = 20
+RELIABILITY_BINS = 10
 RESAMPLES = 2000
 TRADE_COLUMNS = (
     "time",
@@ -57,8 +59,17 @@ TRADE_COLUMNS = (
     "realised",
     "cash",
 )
-SIGNAL_COLUMNS = ("time", "symbol", "price_time", "signal", "confidence", "combined", "regime", "price",
-                  "degraded")  # fmt: skip
+SIGNAL_COLUMNS = (
+    "time",
+    "symbol",
+    "price_time",
+    "signal",
+    "confidence",
+    "combined",
+    "regime",
+    "price",
+    "degraded",
+)
 
 Prices = Mapping[str, pd.DataFrame]
 
@@ -108,6 +119,7 @@ def build_report(history: History, prices: Prices) -> dict[str, Any]:
     holds = {s: buy_and_hold(history, prices, s, days) for s in (*history.symbols, INDEX)}
     weighted = _equal_weight([holds[s] for s in history.symbols], days)
     equity_now = curve[-1] if curve else starting
+    judged = forward_moves(history, prices)
     return {
         "kind": history.kind,
         "synthetic": history.synthetic,
@@ -132,7 +144,8 @@ def build_report(history: History, prices: Prices) -> dict[str, Any]:
             "index": _summary(holds[INDEX]),
         },
         "excess": excess(strategy, _returns([1.0, *weighted["curve"]]) if weighted["curve"] else []),
-        "predictions": prediction_accuracy(history, prices),
+        "predictions": prediction_accuracy(history, judged),
+        "reliability": reliability(judged),
         "health": None
         if history.health is None
         else [
@@ -290,23 +303,34 @@ def excess(strategy: Sequence[float], benchmark: Sequence[float], seed: int = 20
     }
 
 
-def prediction_accuracy(history: History, prices: Prices) -> dict[str, Any]:
-    """Counts per signal, and how each did: the share of BUYs followed by a rise and of SELLs by
-    a fall over the next sessions (adjusted closes), and the mean move after each signal."""
-    moves: dict[str, list[float]] = {"BUY": [], "SELL": [], "HOLD": []}
+def forward_moves(history: History, prices: Prices) -> list[tuple[Mapping[str, Any], float | None]]:
+    """Each signal with what its symbol's adjusted close did over the next ``HORIZON_SESSIONS``
+    sessions from the close it was made on (None: not known, e.g. at the end of the file)."""
     closes = {
         symbol: prices[symbol]["adj_close"].fillna(prices[symbol]["close"]) for symbol in history.symbols
     }
-    unjudged = 0
+    moves: list[tuple[Mapping[str, Any], float | None]] = []
     for row in history.predictions:
         series = closes.get(row["symbol"])
         day = _sydney_day(row["price_time"])
         at = int(series.index.searchsorted(day, side="right")) - 1 if series is not None else -1
         ahead = at + HORIZON_SESSIONS
         if series is None or at < 0 or ahead >= len(series):
-            unjudged += 1
-            continue
-        moves[row["signal"]].append(float(series.iloc[ahead] / series.iloc[at] - 1))
+            moves.append((row, None))
+        else:
+            moves.append((row, float(series.iloc[ahead] / series.iloc[at] - 1)))
+    return moves
+
+
+def prediction_accuracy(
+    history: History, judged: Sequence[tuple[Mapping[str, Any], float | None]]
+) -> dict[str, Any]:
+    """Counts per signal, and how each did: the share of BUYs followed by a rise and of SELLs by
+    a fall over the next sessions (adjusted closes), and the mean move after each signal."""
+    moves: dict[str, list[float]] = {"BUY": [], "SELL": [], "HOLD": []}
+    for row, move in judged:
+        if move is not None:
+            moves[row["signal"]].append(move)
     every = [m for signal_moves in moves.values() for m in signal_moves]
 
     def summary(values: Sequence[float], good: int) -> dict[str, Any]:
@@ -327,7 +351,45 @@ def prediction_accuracy(history: History, prices: Prices) -> dict[str, Any]:
         "hold": summary(moves["HOLD"], +1),
         # The base rate: how often prices rose over the horizon after any prediction.
         "all_up_rate": summary(every, +1)["hit_rate"],
-        "unjudged": unjudged,
+        "unjudged": sum(1 for _row, move in judged if move is None),
+    }
+
+
+def reliability(judged: Sequence[tuple[Mapping[str, Any], float | None]]) -> dict[str, Any]:
+    """Whether the confidence BUY and SELL signals carry means what it says: per bin of
+    confidence, its mean, how often the price then moved the signal's way over the horizon
+    (before costs), with a 95% Wilson interval, and how many signals. A bin is ``consistent`` when
+    its mean confidence lies inside the interval of its hit rate."""
+    bins: list[list[tuple[float, bool]]] = [[] for _ in range(RELIABILITY_BINS)]
+    for row, move in judged:
+        if move is None or row["signal"] == "HOLD":
+            continue
+        right = move > 0 if row["signal"] == "BUY" else move < 0
+        confidence = float(row["confidence"])
+        bins[min(int(confidence * RELIABILITY_BINS), RELIABILITY_BINS - 1)].append((confidence, right))
+    table = []
+    for i, members in enumerate(bins):
+        if not members:
+            continue
+        hits = sum(right for _c, right in members)
+        low, high = binomtest(hits, len(members)).proportion_ci(method="wilson")
+        mean = sum(c for c, _r in members) / len(members)
+        table.append(
+            {
+                "from": i / RELIABILITY_BINS,
+                "to": (i + 1) / RELIABILITY_BINS,
+                "count": len(members),
+                "mean_confidence": round(mean, 4),
+                "hit_rate": round(hits / len(members), 4),
+                "ci95": [round(float(low), 4), round(float(high), 4)],
+                "consistent": bool(low <= mean <= high),
+            }
+        )
+    return {
+        "of": "BUY and SELL signals",
+        "horizon_sessions": HORIZON_SESSIONS,
+        "bins": table,
+        "consistent_bins": sum(1 for b in table if b["consistent"]),
     }
 
 
@@ -460,6 +522,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     ]
     if report["trades"] == 0:
         lines.append("- No trade: no BUY signal reached paper trading's bar (`buy_confidence`).")
+    lines += reliability_markdown(report["reliability"])
     if report.get("health") is not None:
         lines += ["", "## Health at the end"]
         lines += [
@@ -467,6 +530,33 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             for h in report["health"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def reliability_markdown(table: Mapping[str, Any]) -> list[str]:
+    bins = table["bins"]
+    lines = [
+        "",
+        "## Reliability of the confidence",
+        f"Of {table['of']}: how often the price moved their way over the next {table['horizon_sessions']} "
+        "sessions (before costs), per bin of confidence, with a 95% interval.",
+        "",
+    ]
+    if not bins:
+        return [*lines, "- No BUY or SELL signal could be judged."]
+    lines += [
+        "| confidence | signals | mean confidence | hit rate | 95% interval | consistent |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {b['from']:.1f}-{b['to']:.1f} | {b['count']} | {b['mean_confidence']:.3f} | {b['hit_rate']:.3f} "
+        f"| {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f} | {'yes' if b['consistent'] else 'no'} |"
+        for b in bins
+    ]
+    lines.append(
+        f"- {table['consistent_bins']} of {len(bins)} bins have their mean confidence inside the interval "
+        "of what happened; where it is outside, the confidence does not mean that probability."
+    )
+    return lines
 
 
 def _reconciled(sides: Mapping[str, int]) -> str:
@@ -505,7 +595,40 @@ def equity_html(history: History, report: Mapping[str, Any], prices: Prices) -> 
     return (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1>{body}"
+        f"<h2>Reliability of the confidence</h2>{_reliability_svg(report['reliability']['bins'])}"
     )
+
+
+def _reliability_svg(bins: Sequence[Mapping[str, Any]]) -> str:
+    """Realised hit rate (with its 95% interval) against mean confidence per bin; the diagonal is
+    where the two agree."""
+    if not bins:
+        return "<p>No BUY or SELL signal could be judged.</p>"
+    size, pad = 320, 40
+
+    def x(v: float) -> float:
+        return pad + (size - 2 * pad) * v
+
+    def y(v: float) -> float:
+        return size - pad - (size - 2 * pad) * v
+
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{size}' height='{size}'>",
+        f"<line x1='{x(0)}' y1='{y(0)}' x2='{x(1)}' y2='{y(1)}' stroke='#999' stroke-dasharray='4'/>",
+        f"<text x='{pad}' y='{size - 8}' font-size='11'>mean confidence</text>",
+        f"<text x='4' y='{pad - 10}' font-size='11'>hit rate</text>",
+    ]
+    for b in bins:
+        cx, (low, high) = x(b["mean_confidence"]), b["ci95"]
+        parts.append(
+            f"<line x1='{cx:.1f}' y1='{y(low):.1f}' x2='{cx:.1f}' y2='{y(high):.1f}' stroke='#1f77b4'/>"
+        )
+        parts.append(
+            f"<circle cx='{cx:.1f}' cy='{y(b['hit_rate']):.1f}' r='3' fill='#1f77b4'>"
+            f"<title>{b['count']} signals</title></circle>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def _svg(lines: Mapping[str, Sequence[float | None]], days: Sequence[str]) -> str:

@@ -81,7 +81,16 @@ def assert_parity(replayed: Path, tested: Path) -> dict[str, Any]:
     assert_same_rows("trades.csv", rows(replayed / "trades.csv"), rows(tested / "trades.csv"), TRADE_FIELDS)
     stack = orjson.loads((replayed / "report.json").read_bytes())
     fast = orjson.loads((tested / "report.json").read_bytes())
-    for part in ("signals", "trades", "portfolio", "performance", "benchmarks", "excess", "predictions"):
+    for part in (
+        "signals",
+        "trades",
+        "portfolio",
+        "performance",
+        "benchmarks",
+        "excess",
+        "predictions",
+        "reliability",
+    ):
         assert stack[part] == fast[part], part
     return fast
 

@@ -163,3 +163,30 @@ def test_a_run_without_trades_says_why(prices: Path) -> None:
     from services.backtest.report import report_markdown
 
     assert "No trade" in report_markdown(report)
+
+
+def test_the_reliability_table_says_whether_confidence_matches_what_happened() -> None:
+    from services.backtest.report import reliability
+
+    def signal(action: str, confidence: float) -> dict[str, Any]:
+        return {"signal": action, "confidence": confidence}
+
+    # 0.7 said, right 7 times in 10: consistent. 0.9 said, right 2 times in 20: not. HOLDs and
+    # signals not yet judged are left out.
+    judged: list[tuple[dict[str, Any], float | None]] = [
+        *((signal("BUY", 0.7), 0.01 if i < 7 else -0.01) for i in range(10)),
+        *((signal("SELL", 0.9), -0.01 if i < 2 else 0.01) for i in range(20)),
+        (signal("HOLD", 0.75), 0.02),
+        (signal("BUY", 0.75), None),
+    ]
+    table = orjson.loads(orjson.dumps(reliability(judged)))  # as report.json holds it
+    seven, nine = table["bins"]
+    assert (seven["from"], seven["count"], seven["hit_rate"], seven["consistent"]) == (0.7, 10, 0.7, True)
+    assert seven["ci95"][0] < 0.7 < seven["ci95"][1]
+    assert (nine["count"], nine["hit_rate"], nine["mean_confidence"], nine["consistent"]) == (
+        20,
+        0.1,
+        0.9,
+        False,
+    )
+    assert table["consistent_bins"] == 1
