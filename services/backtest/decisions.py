@@ -204,6 +204,89 @@ class Rounds:
         return np.maximum(0, self.closed - np.searchsorted(self.session_days, newest, side="right"))
 
 
+@dataclass(frozen=True, slots=True)
+class RoundInputs:
+    """One symbol's prediction rounds and the inputs of each decision, as arrays: what does not
+    change with the decision's weights and thresholds, so a sweep of them works it out once."""
+
+    symbol: str
+    times: list[datetime]
+    price: np.ndarray
+    price_time: list[str]
+    usable: np.ndarray
+    technical: np.ndarray
+    technical_confidence: np.ndarray
+    ml: np.ndarray  # NaN: left out
+    ml_confidence: np.ndarray
+    ml_at: list[str | None]
+    regime: np.ndarray  # "" without a market context
+    high_volatility: np.ndarray
+    context_at: list[str | None]
+
+    @classmethod
+    def unusable(cls, symbol: str, times: list[datetime]) -> RoundInputs:
+        """Rounds where prediction fails the symbol, every one."""
+        nothing, size = np.full(len(times), np.nan), len(times)
+        none: list[str | None] = [None] * size
+        never = np.zeros(size, dtype=bool)
+        blank = np.full(size, "", dtype=object)
+        return cls(
+            symbol,
+            times,
+            nothing,
+            [""] * size,
+            never,
+            nothing,
+            nothing,
+            nothing,
+            nothing,
+            none,
+            blank,
+            never,
+            none,
+        )
+
+
+def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, end: datetime) -> list[Made]:
+    """The decision of each usable round from ``first`` up to ``end`` (excluded), as prediction's
+    ``decide`` makes it (no news: sentiment is left out of every one, so each is degraded)."""
+    times = np.array([t.timestamp() for t in inputs.times])
+    chosen = np.flatnonzero(inputs.usable & (times >= first.timestamp()) & (times < end.timestamp()))
+    scored = score(
+        {
+            "technical": (inputs.technical[chosen], inputs.technical_confidence[chosen]),
+            "sentiment": (np.full(len(chosen), np.nan), np.zeros(len(chosen))),
+            "ml": (inputs.ml[chosen], inputs.ml_confidence[chosen]),
+        },
+        inputs.regime[chosen],
+        inputs.high_volatility[chosen],
+        config,
+    )
+    made = []
+    for j, i in enumerate(chosen.tolist()):
+        ml_used = inputs.ml[i] == inputs.ml[i] and inputs.ml_confidence[i] > 0
+        regime = inputs.regime[i] or None
+        key = (
+            inputs.price_time[i], inputs.context_at[i], regime, inputs.price_time[i], None,
+            inputs.ml_at[i] if ml_used else None,
+        )  # fmt: skip
+        made.append(
+            Made(
+                symbol=inputs.symbol,
+                at=inputs.times[i],
+                price=float(inputs.price[i]),
+                price_time=inputs.price_time[i],
+                signal=SIGNALS[int(scored.signal[j])],
+                confidence=float(scored.confidence[j]),
+                combined=float(scored.combined[j]),
+                regime=regime,
+                degraded=True,
+                key=key,
+            )
+        )
+    return made
+
+
 class IndexContext:
     """The market context from the index, as ``get_market_context`` answers at a moment."""
 
@@ -286,15 +369,12 @@ class SymbolHistory:
 
     # -- the rounds -----------------------------------------------------------------------
 
-    def predictions(
-        self, rounds: Rounds, contexts: Sequence[Context], config: PredictionConfig
-    ) -> list[Made]:
-        """Each round's prediction, as prediction's ``generate_predictions`` makes it; a round
-        where prediction fails the symbol (fewer than two bars) has none."""
-        if len(self.closes) < 2:
-            return []  # market data cannot compute indicators: prediction fails the symbol
+    def inputs(self, rounds: Rounds, contexts: Sequence[Context], config: PredictionConfig) -> RoundInputs:
+        """The inputs of each round's decision, as prediction gathers them; ``usable`` is False
+        where prediction fails the symbol (fewer than two bars, no technical input)."""
+        if len(self.closes) < 2:  # market data cannot compute indicators: no round is usable
+            return RoundInputs.unusable(self.symbol, rounds.times)
         count, behind = self.timeline.seen_at(rounds)
-        usable = count >= 2
         last = np.clip(count - 1, 1, len(self.closes) - 1)  # the last complete bar (the indicators')
         quotes = [self.timeline.latest_price(t) for t in rounds.times]
         price = np.array([q[0] if q else np.nan for q in quotes])
@@ -305,41 +385,23 @@ class SymbolHistory:
         with np.errstate(invalid="ignore", divide="ignore"):
             change = np.where(before != 0, (price / before - 1.0) * 100.0, np.nan)
         technical, technical_confidence = self._technical(last, change, behind, config)
-        usable &= technical == technical
         ml, ml_confidence, ml_at = self._ml(rounds)
         regime, high, context_at = _contexts(contexts, price_time, config)
-        scored = score(
-            {
-                "technical": (technical, technical_confidence),
-                "sentiment": (np.full(len(rounds.times), np.nan), np.zeros(len(rounds.times))),
-                "ml": (ml, ml_confidence),
-            },
-            regime,
-            high,
-            config,
+        return RoundInputs(
+            symbol=self.symbol,
+            times=rounds.times,
+            price=price,
+            price_time=price_time,
+            usable=(count >= 2) & (technical == technical),
+            technical=technical,
+            technical_confidence=technical_confidence,
+            ml=ml,
+            ml_confidence=ml_confidence,
+            ml_at=ml_at,
+            regime=regime,
+            high_volatility=high,
+            context_at=context_at,
         )
-        ml_used = (ml == ml) & (ml_confidence > 0)
-        made = []
-        for i in np.flatnonzero(usable):
-            key = (
-                price_time[i], context_at[i], regime[i] or None, price_time[i], None,
-                ml_at[i] if ml_used[i] else None,
-            )  # fmt: skip
-            made.append(
-                Made(
-                    symbol=self.symbol,
-                    at=rounds.times[i],
-                    price=float(price[i]),
-                    price_time=price_time[i],
-                    signal=SIGNALS[int(scored.signal[i])],
-                    confidence=float(scored.confidence[i]),
-                    combined=float(scored.combined[i]),
-                    regime=regime[i] or None,
-                    degraded=True,  # sentiment is always missing: there is no historical news
-                    key=key,
-                )
-            )
-        return made
 
     def _technical(
         self, last: np.ndarray, change: np.ndarray, behind: np.ndarray, config: PredictionConfig

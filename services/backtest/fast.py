@@ -24,7 +24,16 @@ import orjson
 import pandas as pd
 
 from services.asx.calendar import AsxCalendar
-from services.backtest.decisions import IndexContext, Made, Models, Rounds, SymbolHistory, Timeline
+from services.backtest.decisions import (
+    IndexContext,
+    Made,
+    Models,
+    RoundInputs,
+    Rounds,
+    SymbolHistory,
+    Timeline,
+    decisions,
+)
 from services.backtest.replay import DEFAULT_SYMBOLS, Window, history_tables
 from services.backtest.walk import Book, Signal, Walk, moments
 from services.base.config import BASE_SECTIONS, SECTIONS, build_dataclass
@@ -106,60 +115,77 @@ class BacktestRun:
     training: dict[str, Any]
 
 
-def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: None) -> BacktestRun:
-    """The whole back-test; ``ConfigError`` naming the file or setting when something cannot run."""
-    if plan.end < plan.start:
-        raise ConfigError(f"--to {plan.end} is before --from {plan.start}")
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    settings = plan.settings()
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Everything of a back-test that no decision weight, threshold or trading rule changes:
+    prices, calendar, schedule, and each symbol's decision inputs at each round."""
+
+    calendar: AsxCalendar
+    timelines: dict[str, Timeline]
+    inputs: list[RoundInputs]
+    rounds: list[datetime]
+    end_of_day: list[datetime]
+    training: dict[str, Any]
+
+
+def prepare(plan: BacktestPlan, settings: Settings, progress: Progress = lambda _s, _d: None) -> Prepared:
+    """Read the prices, train (or load) the models, and work out every symbol's inputs."""
     calendar = AsxCalendar()
-    sessions = calendar.sessions_between(plan.start, plan.end)
-    if not sessions:
+    if not calendar.sessions_between(plan.start, plan.end):
         raise ConfigError(f"no ASX session between {plan.start} and {plan.end}")
     context_symbols = (settings.ml_model.market_symbol, settings.market_data.context_symbol)
     bars = read_prices(plan.prices, (*plan.symbols, *context_symbols), plan.end)
-    timings["read_prices_s"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
     progress("training models", 0.0)
+    started = time.perf_counter()
     models, training = trained_models(plan, settings.ml_model, bars)
-    timings["training_s"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
+    training = {**training, "seconds": round(time.perf_counter() - started, 3)}
     rounds = task_times(settings.scheduler, "prediction", "generate_predictions", calendar, plan)
     eods = task_times(settings.scheduler, "paper_trading", "end_of_day_sync", calendar, plan)
-    round_times = sorted(rounds)
-    index_bars = bars[settings.ml_model.market_symbol]
     timelines = {symbol: Timeline.of(frame, calendar) for symbol, frame in bars.items()}
     index = IndexContext(timelines[settings.market_data.context_symbol], settings.market_data)
-    made: dict[datetime, list[Made]] = {}
+    inputs = []
     by_times: dict[tuple[datetime, ...], tuple[Rounds, list[Context]]] = {}
     for i, symbol in enumerate(plan.symbols):
         progress(f"predicting {symbol}", i / len(plan.symbols))
         history = SymbolHistory(
             symbol,
             bars[symbol],
-            index_bars,
+            bars[settings.ml_model.market_symbol],
             timelines[symbol],
             models.get(symbol),
             settings.market_data,
             settings.ml_model,
         )
-        times = tuple(t for t in round_times if symbol in rounds[t])
+        times = tuple(t for t in sorted(rounds) if symbol in rounds[t])
         if times not in by_times:  # every symbol has the same rounds, unless a task names some
             every = Rounds.of(times, calendar)
             by_times[times] = (every, index.at(every))
         every, contexts = by_times[times]
-        for decision in history.predictions(every, contexts, settings.prediction):
-            made.setdefault(decision.at, []).append(decision)
-    timings["predictions_s"] = time.perf_counter() - clock
+        inputs.append(history.inputs(every, contexts, settings.prediction))
+    return Prepared(calendar, timelines, inputs, sorted(rounds), sorted(eods), training)
 
-    clock = time.perf_counter()
-    walk = Walk(settings.paper_trading, calendar, _price_at(timelines), plan.begins_at)
-    decisions: list[Made] = []
+
+def trade(
+    prepared: Prepared,
+    window: Window,
+    prediction: PredictionConfig,
+    paper_trading: PaperTradingConfig,
+    progress: Progress = lambda _s, _d: None,
+) -> tuple[list[Made], Book]:
+    """The decisions sent as signals and paper trading's book over ``window``, from a fresh
+    account at its start."""
+    first, end = window.begins_at, window.ends_at
+    made: dict[datetime, list[Made]] = {}
+    for inputs in prepared.inputs:
+        for decision in decisions(inputs, prediction, first, end):
+            made.setdefault(decision.at, []).append(decision)
+    calendar = prepared.calendar
+    walk = Walk(paper_trading, calendar, _price_at(prepared.timelines), first)
+    sent_decisions: list[Made] = []
     sent: set[tuple[Any, ...]] = set()
-    steps = moments(calendar, sessions, round_times, sorted(eods))
+    rounds = [t for t in prepared.rounds if first <= t < end]
+    eods = [t for t in prepared.end_of_day if first <= t < end]
+    steps = moments(calendar, calendar.sessions_between(window.start, window.end), rounds, eods)
     for step, (now, kind) in enumerate(steps):
         if step % 500 == 0:
             progress("paper trading", step / len(steps))
@@ -174,11 +200,25 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
                 if signal_key in sent:
                     continue
                 sent.add(signal_key)
-                decisions.append(decision)
+                sent_decisions.append(decision)
                 walk.signal(Signal(decision.symbol, now, decision.signal, decision.confidence))
+    return sent_decisions, walk.finish()
+
+
+def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: None) -> BacktestRun:
+    """The whole back-test; ``ConfigError`` naming the file or setting when something cannot run."""
+    if plan.end < plan.start:
+        raise ConfigError(f"--to {plan.end} is before --from {plan.start}")
+    settings = plan.settings()
+    clock = time.perf_counter()
+    prepared = prepare(plan, settings, progress)
+    timings = {"prepare_s": time.perf_counter() - clock, "training_s": prepared.training["seconds"]}
+    clock = time.perf_counter()
+    sent, book = trade(prepared, plan, settings.prediction, settings.paper_trading, progress)
     timings["paper_trading_s"] = time.perf_counter() - clock
     progress("done", 1.0)
-    return BacktestRun(plan, sessions, decisions, walk.finish(), timings, training)
+    sessions = prepared.calendar.sessions_between(plan.start, plan.end)
+    return BacktestRun(plan, sessions, sent, book, timings, prepared.training)
 
 
 def _price_at(timelines: Mapping[str, Timeline]) -> Callable[[str, datetime], tuple[float, str] | None]:
