@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -71,6 +72,30 @@ def add_history_commands(command: Command) -> None:
         "--out", type=Path, help="the report's directory (default: TRADING_HOME/backtests/<from>_<to>-<time>)"
     )
     backtest.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
+    tune = command(
+        "tune",
+        cmd_tune,
+        "walk-forward tuning of the decision's weights and thresholds and the trading rules on Dask; "
+        "reports only the test windows, against buy-and-hold",
+    )
+    _window_arguments(tune)
+    tune.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
+    tune.add_argument("--grid", type=Path, help='a TOML file with a [grid] table of "section.key" = [values]')
+    tune.add_argument("--train-years", type=int, default=4, help="each training window (default 4)")
+    tune.add_argument("--test-years", type=int, default=1, help="each test window after it (default 1)")
+    tune.add_argument(
+        "--mode",
+        choices=("anchored", "rolling"),
+        default="anchored",
+        help="training windows from --from (anchored) or of --train-years each (rolling)",
+    )
+    where = tune.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to use, e.g. tcp://HOST:8786")
+    where.add_argument(
+        "--workers", type=int, help="a local Dask cluster of this many processes (default: cores)"
+    )
+    where.add_argument("--serial", action="store_true", help="no Dask: every task in this process")
+    tune.add_argument("--out", type=Path, help="the report's directory (default: TRADING_HOME/tuning/<time>)")
     demo = command(
         "demo",
         cmd_demo,
@@ -198,6 +223,80 @@ def _progress_bar() -> Iterator[Callable[[str, float], None]]:
             bar.update(task, description=stage, completed=done)
 
         yield update
+
+
+def cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+    import tomli_w
+
+    from services.backtest import tune as tuning
+    from services.backtest.fast import BacktestPlan, prepare
+    from services.backtest.replay import DEFAULT_SYMBOLS
+    from services.backtest.report import read_prices
+    from services.base.errors import ConfigError
+
+    plan = BacktestPlan(
+        start=args.start,
+        end=args.end,
+        prices=args.prices.absolute(),
+        symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
+        models=tuple(args.models),
+        overrides=tomllib.loads(args.config.read_text()) if args.config else {},
+        model_cache=settings.home.root / "cache" / "backtest-models",
+    )
+    try:
+        grid = tuning.parse_grid(tomllib.loads(args.grid.read_text())) if args.grid else tuning.DEFAULT_GRID
+        cuts = tuning.folds(args.start, args.end, args.train_years, args.test_years, args.mode)
+        with _progress_bar() as bar:
+            prepared = prepare(plan, plan.settings(), bar)
+            prices = read_prices(plan.prices, plan.symbols)
+            with _runner(args) as (runner, where):
+                result = tuning.tune(plan, prepared, grid, cuts, prices, runner, bar)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = (args.out or settings.home.root / "tuning" / time.strftime("%Y%m%dT%H%M%S")).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "grid": result.grid,
+        "settings": len(result.settings),
+        "mode": args.mode,
+        "where": where,
+        "folds": result.folds,
+        "out_of_sample": result.out_of_sample,
+        "adopt": result.adopt,
+    }
+    (out / "tune.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    (out / "tune.md").write_text(tuning.markdown(result, plan, args.mode, where))
+    header = "# Chosen on the latest training window by `tradingctl tune`; see tune.md before adopting it.\n"
+    (out / "config.toml").write_text(header + tomli_w.dumps(tuning.snippet(result)))
+    print((out / "tune.md").read_text())
+    print(f"report: {out}/tune.md, tune.json; the setting to adopt: {out}/config.toml")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _runner(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
+    """The tune's runner and where it runs: this process, a local Dask cluster, or a given one."""
+    from services.backtest.tune import on_dask, serial
+
+    if args.serial:
+        yield serial, "this process (serial)"
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if args.scheduler:
+        with Client(args.scheduler) as client:
+            yield on_dask(client), f"the Dask cluster at {args.scheduler}"
+        return
+    workers = args.workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield on_dask(client), f"a local Dask cluster of {workers} worker processes"
 
 
 # -- replay and demo ----------------------------------------------------------------------------
