@@ -231,7 +231,7 @@ def cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
 
     from services.backtest import tune as tuning
     from services.backtest.fast import BacktestPlan, prepare
-    from services.backtest.replay import DEFAULT_SYMBOLS
+    from services.backtest.replay import DEFAULT_SYMBOLS, history_tables
     from services.backtest.report import read_prices
     from services.base.errors import ConfigError
 
@@ -269,7 +269,8 @@ def cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
     (out / "tune.json").write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     (out / "tune.md").write_text(tuning.markdown(result, plan, args.mode, where))
     header = "# Chosen on the latest training window by `tradingctl tune`; see tune.md before adopting it.\n"
-    (out / "config.toml").write_text(header + tomli_w.dumps(tuning.snippet(result)))
+    tables = history_tables(plan.symbols, plan.prices, plan.models, plan.overrides)
+    (out / "config.toml").write_text(header + tomli_w.dumps(tuning.snippet(result, tables)))
     print((out / "tune.md").read_text())
     print(f"report: {out}/tune.md, tune.json; the setting to adopt: {out}/config.toml")
     return EXIT_OK

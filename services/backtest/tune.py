@@ -105,19 +105,32 @@ def grid_settings(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]
     return [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*grid.values())]
 
 
+SECTIONS: dict[str, type[Any]] = {"prediction": PredictionConfig, "paper_trading": PaperTradingConfig}
+
+
+def changes(tables: Mapping[str, Any], setting: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """The config tables a setting changes: a value of a mapping (``buy_threshold.bull``) gives
+    the whole mapping, the rest of it as the run's config has it."""
+    changed: dict[str, dict[str, Any]] = {}
+    for key, value in setting.items():
+        section, name, *part = key.split(".")
+        table = changed.setdefault(section, {})
+        if part:
+            if name not in table:
+                current = build_dataclass(SECTIONS[section], tables.get(section, {}), where=section)
+                table[name] = dict(getattr(current, name))
+            table[name][part[0]] = value
+        else:
+            table[name] = value
+    return changed
+
+
 def configs(
     tables: Mapping[str, Any], setting: Mapping[str, float]
 ) -> tuple[PredictionConfig, PaperTradingConfig]:
     """The prediction and paper-trading config of one setting over the run's config tables; a
     setting the services would refuse (a range, an unreachable BUY) is a ``ConfigError``."""
-    nested: dict[str, Any] = {}
-    for key, value in setting.items():
-        *path, last = key.split(".")
-        level = nested
-        for part in path:
-            level = level.setdefault(part, {})
-        level[last] = value
-    merged = merge(tables, nested)
+    merged = merge(tables, changes(tables, setting))
     prediction = build_dataclass(PredictionConfig, merged.get("prediction", {}), where="prediction")
     check_reachable(prediction)
     paper = build_dataclass(PaperTradingConfig, merged.get("paper_trading", {}), where="paper_trading")
@@ -197,7 +210,7 @@ def on_dask(client: Any) -> Runner:
         settings: Sequence[Mapping[str, float]],
         progress: Progress,
     ) -> list[Outcome]:
-        shared = client.scatter(prepared, broadcast=True)
+        shared = client.scatter(prepared, broadcast=True, hash=False)  # a key of its own each time
         futures = [
             client.submit(evaluate, task, shared, tables, settings[task.setting], pure=False)
             for task in tasks
@@ -364,16 +377,9 @@ def _reading(out: Mapping[str, Any]) -> str:
     )
 
 
-def snippet(result: TuneResult) -> dict[str, Any]:
+def snippet(result: TuneResult, tables: Mapping[str, Any]) -> dict[str, Any]:
     """The chosen setting as config tables a user can put in ``config.toml``."""
-    tables: dict[str, Any] = {}
-    for key, value in result.adopt.items():
-        *path, last = key.split(".")
-        level = tables
-        for part in path:
-            level = level.setdefault(part, {})
-        level[last] = value
-    return tables
+    return changes(tables, result.adopt)
 
 
 def markdown(result: TuneResult, plan: BacktestPlan, mode: Mode, workers: str) -> str:
