@@ -211,6 +211,7 @@ class RoundInputs:
 
     symbol: str
     times: list[datetime]
+    posix: np.ndarray  # the times as POSIX seconds
     price: np.ndarray
     price_time: list[str]
     usable: np.ndarray
@@ -226,31 +227,30 @@ class RoundInputs:
     @classmethod
     def unusable(cls, symbol: str, times: list[datetime]) -> RoundInputs:
         """Rounds where prediction fails the symbol, every one."""
-        nothing, size = np.full(len(times), np.nan), len(times)
-        none: list[str | None] = [None] * size
-        never = np.zeros(size, dtype=bool)
-        blank = np.full(size, "", dtype=object)
+        size = len(times)
+        nothing, never = np.full(size, np.nan), np.zeros(size, dtype=bool)
         return cls(
-            symbol,
-            times,
-            nothing,
-            [""] * size,
-            never,
-            nothing,
-            nothing,
-            nothing,
-            nothing,
-            none,
-            blank,
-            never,
-            none,
+            symbol=symbol,
+            times=times,
+            posix=np.array([t.timestamp() for t in times]),
+            price=nothing,
+            price_time=[""] * size,
+            usable=never,
+            technical=nothing,
+            technical_confidence=nothing,
+            ml=nothing,
+            ml_confidence=nothing,
+            ml_at=[None] * size,
+            regime=np.full(size, "", dtype=object),
+            high_volatility=never,
+            context_at=[None] * size,
         )
 
 
 def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, end: datetime) -> list[Made]:
     """The decision of each usable round from ``first`` up to ``end`` (excluded), as prediction's
     ``decide`` makes it (no news: sentiment is left out of every one, so each is degraded)."""
-    times = np.array([t.timestamp() for t in inputs.times])
+    times = inputs.posix
     chosen = np.flatnonzero(inputs.usable & (times >= first.timestamp()) & (times < end.timestamp()))
     scored = score(
         {
@@ -267,9 +267,13 @@ def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, en
         ml_used = inputs.ml[i] == inputs.ml[i] and inputs.ml_confidence[i] > 0
         regime = inputs.regime[i] or None
         key = (
-            inputs.price_time[i], inputs.context_at[i], regime, inputs.price_time[i], None,
+            inputs.price_time[i],
+            inputs.context_at[i],
+            regime,
+            inputs.price_time[i],
+            None,
             inputs.ml_at[i] if ml_used else None,
-        )  # fmt: skip
+        )
         made.append(
             Made(
                 symbol=inputs.symbol,
@@ -390,6 +394,7 @@ class SymbolHistory:
         return RoundInputs(
             symbol=self.symbol,
             times=rounds.times,
+            posix=rounds.posix,
             price=price,
             price_time=price_time,
             usable=(count >= 2) & (technical == technical),

@@ -222,8 +222,13 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
 
 
 def _price_at(timelines: Mapping[str, Timeline]) -> Callable[[str, datetime], tuple[float, str] | None]:
+    known: dict[tuple[str, datetime], tuple[float, str] | None] = {}
+
     def price_at(symbol: str, now: datetime) -> tuple[float, str] | None:
-        return timelines[symbol].latest_price(now)
+        """The latest price market data shows then: the same for every order and mark of a moment."""
+        if (symbol, now) not in known:
+            known[symbol, now] = timelines[symbol].latest_price(now)
+        return known[symbol, now]
 
     return price_at
 
