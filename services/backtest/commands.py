@@ -82,7 +82,7 @@ def add_history_commands(command: Command) -> None:
     tune.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
     tune.add_argument("--grid", type=Path, help='a TOML file with a [grid] table of "section.key" = [values]')
     tune.add_argument("--train-years", type=int, default=4, help="each training window (default 4)")
-    tune.add_argument("--test-years", type=int, default=1, help="each test window after it (default 1)")
+    tune.add_argument("--test-years", type=int, default=2, help="each test window after it (default 2)")
     tune.add_argument(
         "--mode",
         choices=("anchored", "rolling"),

@@ -116,8 +116,8 @@ def build_report(history: History, prices: Prices) -> dict[str, Any]:
     curve = [row["equity_cents"] / 100 for row in history.equity]
     starting = history.starting_cents / 100
     strategy = _returns([starting, *curve])
-    holds = {s: buy_and_hold(history, prices, s, days) for s in (*history.symbols, INDEX)}
-    weighted = _equal_weight([holds[s] for s in history.symbols], days)
+    holds = {s: buy_and_hold(history.start, history.end, prices, s, days) for s in (*history.symbols, INDEX)}
+    weighted = equal_weight([holds[s] for s in history.symbols])
     equity_now = curve[-1] if curve else starting
     judged = forward_moves(history, prices)
     return {
@@ -232,11 +232,11 @@ def _curve_figures(
     }
 
 
-def buy_and_hold(history: History, prices: Prices, symbol: str, days: Sequence[str]) -> dict[str, Any]:
-    """Bought at the first session's open of the period, valued at each day's close (the last
-    one on or before it)."""
+def buy_and_hold(start: date, end: date, prices: Prices, symbol: str, days: Sequence[str]) -> dict[str, Any]:
+    """Bought at the first session's open from ``start`` to ``end``, valued at each of ``days``'
+    close (the last one on or before it)."""
     bars = prices[symbol]
-    inside = bars[(bars.index >= history.start.isoformat()) & (bars.index <= history.end.isoformat())]
+    inside = bars[(bars.index >= start.isoformat()) & (bars.index <= end.isoformat())]
     if inside.empty or not days:
         return {"symbol": symbol, "curve": [], "returns": [], "note": "no bars in the period"}
     first = inside.iloc[0]
@@ -253,7 +253,8 @@ def buy_and_hold(history: History, prices: Prices, symbol: str, days: Sequence[s
     }
 
 
-def _equal_weight(holds: Sequence[Mapping[str, Any]], days: Sequence[str]) -> dict[str, Any]:
+def equal_weight(holds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The mean of several buy-and-hold curves (each starting at 1), and its daily returns."""
     usable = [h["curve"] for h in holds if h["curve"]]
     if not usable:
         return {"curve": [], "returns": []}
@@ -583,8 +584,8 @@ def equity_html(history: History, report: Mapping[str, Any], prices: Prices) -> 
         body = "<p>Fewer than two daily equity snapshots: nothing to draw.</p>"
     else:
         starting = history.starting_cents / 100
-        holds = [buy_and_hold(history, prices, s, days) for s in history.symbols]
-        weighted = _equal_weight(holds, days)["curve"]
+        holds = [buy_and_hold(history.start, history.end, prices, s, days) for s in history.symbols]
+        weighted = equal_weight(holds)["curve"]
         body = _svg(
             {
                 "paper trading": [row["equity_cents"] / 100 for row in history.equity],

@@ -28,7 +28,7 @@ from scipy.stats import kurtosis, norm, skew
 
 from services.backtest.fast import BacktestPlan, Prepared, trade
 from services.backtest.replay import Window, history_tables, merge
-from services.backtest.report import TRADING_DAYS, Prices, buy_and_hold, excess
+from services.backtest.report import TRADING_DAYS, Prices, buy_and_hold, equal_weight, excess
 from services.base.config import build_dataclass
 from services.base.errors import ConfigError
 from services.paper_trading.analytics import max_drawdown
@@ -300,31 +300,9 @@ def tune(
 def _hold_returns(plan: BacktestPlan, window: Window, prices: Prices, days: Sequence[str]) -> list[float]:
     """Equal-weight buy-and-hold of the plan's symbols over the window, bought at its first open,
     as daily returns on ``days``."""
-    from services.backtest.report import History
-
-    view = History(
-        "backtest",
-        window.start,
-        window.end,
-        plan.symbols,
-        plan.prices,
-        False,
-        [],
-        [],
-        [],
-        0,
-        0,
-        {},
-        0,
-        {},
-        {},
-    )
-    curves = [buy_and_hold(view, prices, symbol, days)["curve"] for symbol in plan.symbols]
-    curves = [c for c in curves if c]
-    if not curves:
-        return [0.0] * len(days)
-    weighted = [sum(values) / len(values) for values in zip(*curves, strict=True)]
-    return [b / a - 1.0 for a, b in itertools.pairwise([1.0, *weighted])]
+    holds = [buy_and_hold(window.start, window.end, prices, symbol, days) for symbol in plan.symbols]
+    returns: list[float] = equal_weight(holds)["returns"]
+    return returns or [0.0] * len(days)
 
 
 def _figures(returns: Sequence[float]) -> dict[str, Any]:
