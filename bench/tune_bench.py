@@ -56,7 +56,7 @@ def main() -> None:
         alone = tuning.tune(plan, prepared, tuning.DEFAULT_GRID, cuts, bars)
         serial_s = time.perf_counter() - started
         with (
-            LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0")
             as cluster,
             Client(cluster) as client,
         ):  # fmt: skip

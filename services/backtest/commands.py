@@ -293,7 +293,7 @@ def _runner(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
     workers = args.workers or os.cpu_count() or 1
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):

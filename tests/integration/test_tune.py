@@ -81,7 +81,7 @@ def test_a_sweep_on_a_local_dask_cluster_equals_the_serial_one(market: tuple[Bac
     cuts = tuning.folds(plan.start, plan.end, 1, 1, "anchored")
     alone = tuning.tune(plan, prepared, GRID, cuts, prices)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         spread = tuning.tune(plan, prepared, GRID, cuts, prices, tuning.on_dask(client))
