@@ -34,6 +34,7 @@ EXIT_USAGE = 2
 SHARED_PRICES = PROJECT_ROOT.parent / "shared" / "data" / "prices"
 # Long enough for the manager's restart backoff and a service's start after a crash.
 SETTLE_S = 60.0
+SCHEDULER_TIMEOUT_S = 20
 
 Command = Callable[[str, Callable[[Settings, argparse.Namespace], int], str], argparse.ArgumentParser]
 
@@ -280,6 +281,7 @@ def cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
 def _runner(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
     """The tune's runner and where it runs: this process, a local Dask cluster, or a given one."""
     from services.backtest.tune import on_dask, serial
+    from services.base.errors import DependencyUnavailable
 
     if args.serial:
         yield serial, "this process (serial)"
@@ -287,7 +289,12 @@ def _runner(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
     from dask.distributed import Client, LocalCluster
 
     if args.scheduler:
-        with Client(args.scheduler) as client:
+        try:
+            client = Client(args.scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
+            message = f"cannot reach the Dask scheduler at {args.scheduler}: {exc}"
+            raise DependencyUnavailable(message) from None
+        with client:
             yield on_dask(client), f"the Dask cluster at {args.scheduler}"
         return
     workers = args.workers or os.cpu_count() or 1
