@@ -132,6 +132,16 @@ def _speed(text: str) -> str:
     return text
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A ``--config`` or ``--grid`` file's tables; ``ConfigError`` naming the file and the fault."""
+    from services.base.errors import ConfigError
+
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -152,7 +162,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         prices=args.prices.absolute(),
         symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
         models=tuple(args.models),
-        overrides=tomllib.loads(args.config.read_text()) if args.config else {},
+        overrides=read_toml(args.config) if args.config else {},
         model_cache=settings.home.root / "cache" / "backtest-models",
         synthetic=args.synthetic,
     )
@@ -242,11 +252,11 @@ def cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
         prices=args.prices.absolute(),
         symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
         models=tuple(args.models),
-        overrides=tomllib.loads(args.config.read_text()) if args.config else {},
+        overrides=read_toml(args.config) if args.config else {},
         model_cache=settings.home.root / "cache" / "backtest-models",
     )
     try:
-        grid = tuning.parse_grid(tomllib.loads(args.grid.read_text())) if args.grid else tuning.DEFAULT_GRID
+        grid = tuning.parse_grid(read_toml(args.grid)) if args.grid else tuning.DEFAULT_GRID
         cuts = tuning.folds(args.start, args.end, args.train_years, args.test_years, args.mode)
         with _progress_bar() as bar:
             prepared = prepare(plan, plan.settings(), bar)
@@ -394,7 +404,7 @@ def replay_plan(settings: Settings, args: argparse.Namespace) -> ReplayPlan:
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     root = args.home or settings.home.root / "replays" / f"{args.start}_{args.end}-{stamp}"
-    overrides = tomllib.loads(args.config.read_text()) if args.config else {}
+    overrides = read_toml(args.config) if args.config else {}
     return ReplayPlan(
         start=args.start,
         end=args.end,

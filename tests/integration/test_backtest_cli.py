@@ -120,3 +120,7 @@ def test_a_missing_price_file_and_a_bad_setting_are_named(generated: Path, tmp_p
     done = backtest(tmp_path / "b", generated, "--config", str(config))
     assert done.returncode == 2
     assert "[paper_trading]: buy_confidence must be in (0, 1]" in done.stderr
+    config.write_text("[paper_trading\n")
+    done = backtest(tmp_path / "c", generated, "--config", str(config))
+    assert done.returncode == 2
+    assert f"{config}: " in done.stderr  # the file, then what TOML could not read
