@@ -106,7 +106,8 @@ def test_the_backtest_makes_the_replays_decisions_and_fills(market: Market, undi
 def generated() -> Iterator[tuple[Market, Run]]:
     directory = Path(tempfile.mkdtemp(prefix="at-generated-", dir="/tmp"))
     write_synthetic_market(directory / "prices", date(2015, 6, 1), date(2019, 6, 30), SYMBOLS, seed=11)
-    market = Market(directory / "prices", date(2019, 1, 1), date(2019, 6, 30))
+    # 2019 Q1 of this market has signal fills, a stop-loss and a take-profit.
+    market = Market(directory / "prices", date(2019, 1, 1), date(2019, 3, 31))
     run = replay(market)
     assert run.returncode == 0, run.output[-3000:]
     yield market, run
@@ -117,5 +118,8 @@ def generated() -> Iterator[tuple[Market, Run]]:
 def test_parity_on_a_generated_market(generated: tuple[Market, Run]) -> None:
     market, run = generated
     with tempfile.TemporaryDirectory(prefix="at-parity-", dir="/tmp") as temp:
-        report = assert_parity(run.home.root / "report", backtest(market, Path(temp)))
+        tested = backtest(market, Path(temp))
+        report = assert_parity(run.home.root / "report", tested)
+        reasons = {row["reason"] for row in rows(tested / "trades.csv")}
     assert report["trades"] > 0, "no fill to compare"
+    assert {"signal", "stop_loss", "take_profit"} <= reasons  # every kind of fill is compared
