@@ -89,8 +89,9 @@ class Made:
 
 @dataclass(slots=True)
 class Timeline:
-    """One price file as the clock reveals it: each row's open from ``open_known``, the rest from
-    ``all_known`` (a session's open and close; the day's end for a row dated on no session)."""
+    """One price file as the stack sees it through the clock: each row's open from
+    ``open_known``, the rest from ``all_known`` (a session's open and close; the next session's
+    open for a row dated on no session)."""
 
     keys: list[str]
     open: np.ndarray
@@ -111,8 +112,20 @@ class Timeline:
         for key in keys:
             day = date.fromisoformat(key)
             session = calendar.session(day) if calendar.first <= day <= calendar.last else None
-            opens.append((session.open if session else local_day_end(day)).timestamp())
-            closes.append((session.close if session else local_day_end(day)).timestamp())
+            if session is None:
+                # A row dated on a day without a session (a defect of the file) shows at that
+                # day's end in the price file, but market data fetches nothing until the next
+                # session opens (by the calendar nothing can be missing before): the stack sees
+                # it then.
+                later = (
+                    calendar.next_open(local_day_end(day)) if calendar.first <= day < calendar.last else None
+                )
+                known = (later.open if later else local_day_end(day)).timestamp()
+                opens.append(known)
+                closes.append(known)
+                continue
+            opens.append(session.open.timestamp())
+            closes.append(session.close.timestamp())
         close = bars["close"].to_numpy(float)
         has_close = ~np.isnan(close)
         return cls(
