@@ -24,6 +24,7 @@ from services.base.config import Settings, TradingHome
 from services.management.processes import PROJECT_ROOT
 
 if TYPE_CHECKING:  # imported when used
+    from services.backtest.fast import BacktestPlan
     from services.backtest.replay import ReplayPlan
     from services.backtest.report import History
     from services.management.wire import HealthEntry
@@ -149,14 +150,12 @@ def _say(line: str) -> None:
 # -- backtest ------------------------------------------------------------------------------------
 
 
-def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
-    from services.backtest.fast import BacktestPlan, run_backtest
+def backtest_plan(settings: Settings, args: argparse.Namespace) -> BacktestPlan:
+    """The plan of ``backtest`` or ``tune`` from their arguments."""
+    from services.backtest.fast import BacktestPlan
     from services.backtest.replay import DEFAULT_SYMBOLS
-    from services.backtest.report import History, reconciled
-    from services.base.clock import utc_iso
-    from services.base.errors import ConfigError
 
-    plan = BacktestPlan(
+    return BacktestPlan(
         start=args.start,
         end=args.end,
         prices=args.prices.absolute(),
@@ -164,8 +163,17 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         models=tuple(args.models),
         overrides=read_toml(args.config) if args.config else {},
         model_cache=settings.home.root / "cache" / "backtest-models",
-        synthetic=args.synthetic,
+        synthetic=getattr(args, "synthetic", False),
     )
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from services.backtest.fast import run_backtest
+    from services.backtest.report import History, reconciled
+    from services.base.clock import utc_iso
+    from services.base.errors import ConfigError
+
+    plan = backtest_plan(settings, args)
     started = time.perf_counter()
     try:
         with _progress_bar() as progress:
@@ -241,20 +249,12 @@ def cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
     import tomli_w
 
     from services.backtest import tune as tuning
-    from services.backtest.fast import BacktestPlan, prepare
-    from services.backtest.replay import DEFAULT_SYMBOLS, history_tables
+    from services.backtest.fast import prepare
+    from services.backtest.replay import history_tables
     from services.backtest.report import read_prices
     from services.base.errors import ConfigError
 
-    plan = BacktestPlan(
-        start=args.start,
-        end=args.end,
-        prices=args.prices.absolute(),
-        symbols=tuple(args.symbols or DEFAULT_SYMBOLS),
-        models=tuple(args.models),
-        overrides=read_toml(args.config) if args.config else {},
-        model_cache=settings.home.root / "cache" / "backtest-models",
-    )
+    plan = backtest_plan(settings, args)
     try:
         grid = tuning.parse_grid(read_toml(args.grid)) if args.grid else tuning.DEFAULT_GRID
         cuts = tuning.folds(args.start, args.end, args.train_years, args.test_years, args.mode)
