@@ -42,16 +42,22 @@ class PriceBoard(BaseService):
 
 
 def signal_event(
-    number: int, symbol: str, signal: str, confidence: float = 0.9, *, at: str = "2026-11-20T00:30:00+00:00"
+    number: int,
+    symbol: str,
+    signal: str,
+    probability: float | None = 0.9,
+    cases: int = 1000,
+    *,
+    at: str = "2026-11-20T00:30:00+00:00",
 ) -> Event:
+    """A trade signal as prediction sends it, with its calibrated probability and cases."""
+    calibration = "uncalibrated" if probability is None else "calibration v1"
+    data = {"symbol": symbol, "signal": signal, "probability": probability, "cases": cases,
+            "calibration": calibration, "confidence": 0.4, "price": 0.0}  # fmt: skip
     return Event(
-        id=f"test-signal-{number:06d}",
-        type=EventType.TRADE_SIGNAL,
-        source="prediction",
-        ts=at,
-        trace=None,
-        data={"symbol": symbol, "signal": signal, "confidence": confidence, "price": 0.0},
-    )
+        id=f"test-signal-{number:06d}", type=EventType.TRADE_SIGNAL, source="prediction", ts=at, trace=None,
+        data=data,
+    )  # fmt: skip
 
 
 async def send(redis: Any, events: list[Event]) -> None:

@@ -16,7 +16,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from services.base.config import Settings, TradingHome
 from services.management.processes import PROJECT_ROOT
 
 if TYPE_CHECKING:  # imported when used
+    from services.backtest.calibrate import Policy
     from services.backtest.fast import BacktestPlan
     from services.backtest.replay import ReplayPlan
     from services.backtest.report import History
@@ -73,7 +74,26 @@ def add_history_commands(command: Command) -> None:
     backtest.add_argument(
         "--out", type=Path, help="the report's directory (default: TRADING_HOME/backtests/<from>_<to>-<time>)"
     )
+    backtest.add_argument(
+        "--calibration",
+        default="walk-forward",
+        metavar="WHICH",
+        help="walk-forward (default: refitted on the run's own past decisions), shipped, active (this "
+        "home's), or a calibration version's directory",
+    )
     backtest.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)
+    calibrate = command(
+        "calibrate",
+        cmd_calibrate,
+        "fit the probability that a signal is right on the decisions of a stretch of history, and make "
+        "it the one prediction uses",
+    )
+    _window_arguments(calibrate)
+    calibrate.add_argument("--models", nargs="+", default=["logistic"], choices=MODEL_KINDS)
+    calibrate.add_argument("--no-activate", action="store_true", help="save it, but leave the active one")
+    calibrate.add_argument(
+        "--out", type=Path, help="write the version into this new directory instead of the home's models/"
+    )
     tune = command(
         "tune",
         cmd_tune,
@@ -164,7 +184,27 @@ def backtest_plan(settings: Settings, args: argparse.Namespace) -> BacktestPlan:
         overrides=read_toml(args.config) if args.config else {},
         model_cache=settings.home.root / "cache" / "backtest-models",
         synthetic=getattr(args, "synthetic", False),
+        calibration=calibration_policy(settings, getattr(args, "calibration", "walk-forward")),
     )
+
+
+def calibration_policy(settings: Settings, which: str) -> Policy | None:
+    """``--calibration``: None for walk-forward (the plan's default), else the calibration named."""
+    from services.backtest.calibrate import Fixed
+    from services.base.errors import ConfigError, TradingError
+    from services.prediction.calibration_store import CalibrationStore, load_directory, shipped
+
+    try:
+        if which == "walk-forward":
+            return None
+        if which == "shipped":
+            return Fixed(shipped())
+        if which == "active":
+            return Fixed(CalibrationStore(settings.home.models / "calibration").load())
+        path = Path(which)
+        return Fixed(load_directory(path, path.name))
+    except TradingError as exc:
+        raise ConfigError(f"--calibration {which}: {exc.message}") from None
 
 
 def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
@@ -173,9 +213,9 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from services.base.clock import utc_iso
     from services.base.errors import ConfigError
 
-    plan = backtest_plan(settings, args)
     started = time.perf_counter()
     try:
+        plan = backtest_plan(settings, args)
         with _progress_bar() as progress:
             run = run_backtest(plan, progress)
     except ConfigError as exc:
@@ -194,6 +234,9 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
                 "symbol": m.symbol,
                 "signal": m.signal,
                 "confidence": m.confidence,
+                "probability": m.probability,
+                "cases": m.cases,
+                "calibration": m.calibration,
                 "combined": m.combined,
                 "regime": m.regime,
                 "price": m.price,
@@ -218,6 +261,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
             "rejected_orders": dict(book.rejected),
             "risk_alerts": book.risk_alerts,
         },
+        calibration=run.calibration,
     )
     for failure in run.training["failures"]:
         print(f"model not trained: {failure}", file=sys.stderr)
@@ -225,6 +269,62 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     out = args.out or settings.home.root / "backtests" / f"{plan.start}_{plan.end}-{stamp}"
     report = _write(history, out.absolute())
     return EXIT_OK if reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
+
+
+def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
+    import numpy as np
+    import sklearn  # type: ignore[import-untyped]
+
+    from services.backtest.calibrate import fit_window
+    from services.backtest.fast import prepare
+    from services.base.clock import utc_iso
+    from services.base.errors import ConfigError
+    from services.prediction.calibration_store import CalibrationStore, write_version
+
+    plan = backtest_plan(settings, args)
+    try:
+        run_settings = plan.settings()
+        with _progress_bar() as progress:
+            prepared = prepare(plan, run_settings, progress)
+        source = f"tradingctl calibrate --from {plan.start} --to {plan.end}"
+        calibration = fit_window(prepared.inputs, run_settings.prediction, plan, source)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if calibration is None:
+        print(
+            f"error: too few decisions with a known outcome between {plan.start} and {plan.end}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    card = {
+        "created_at": utc_iso(datetime.now(UTC)),
+        "command": source,
+        "prices": str(plan.prices),
+        "models": f"{', '.join(plan.models)} trained on the bars before {plan.start}",
+        "fitted": dict(calibration.fitted),
+        "settings": dict(calibration.settings),
+        "libraries": {"numpy": np.__version__, "scikit-learn": sklearn.__version__},
+    }
+    if args.out:
+        args.out.mkdir(parents=True)
+        write_version(args.out, calibration, card)
+        where = f"written to {args.out}"
+    else:
+        store = CalibrationStore(settings.home.models / "calibration")
+        version = store.save(calibration, card)
+        if not args.no_activate:
+            store.activate(version)
+        where = f"saved as {version}" + ("" if args.no_activate else ", active (prediction loads it)")
+    fitted = calibration.fitted
+    print(
+        f"calibration of {fitted['cases']} decisions from {fitted['from']} to {fitted['to']} "
+        f"(moves up to {fitted['through']}; base rate of a rise {fitted['base_rate_up']:.1%}): {where}"
+    )
+    for group, pair in calibration.curves.items():
+        steps = ", ".join(f"{p:.1%} ({n})" for p, n in zip(pair["up"].p, pair["up"].n, strict=True))
+        print(f"  P(rise) by score, {group}: {steps}")
+    return EXIT_OK
 
 
 @contextlib.contextmanager
@@ -443,10 +543,25 @@ def _replay_report(plan: ReplayPlan, figures: dict[str, Any]) -> int:
         reconciled=portfolio["reconciled"],
         run=figures,
         health=health,
+        calibration=_stack_calibration(plan),
     )
     report = _write(history, home.root / "report")
     fine = all(_settled(entry) for entry in health)
     return EXIT_OK if fine and reconciled(report["portfolio"]["reconciled"]) else EXIT_FAILED
+
+
+def _stack_calibration(plan: ReplayPlan) -> dict[str, Any]:
+    """How the stack calibrated its signals: the home's active calibration, else the shipped one."""
+    from services.backtest.calibrate import Fixed
+    from services.base.errors import TradingError
+    from services.prediction.calibration_store import CalibrationStore, shipped
+
+    store = CalibrationStore(plan.home.models / "calibration")
+    try:
+        calibration = store.load() if store.active_version() else shipped()
+    except TradingError as exc:
+        return {"kind": "none", "reading": f"uncalibrated: {exc.message}"}
+    return Fixed(calibration).describe(plan)
 
 
 def _pages(home: TradingHome, service: str, method: str) -> list[dict[str, Any]]:

@@ -45,11 +45,13 @@ from services.ml_model.features import (
 )
 from services.ml_model.ml_model_service import ensemble_answer, ensemble_figures, model_probabilities
 from services.ml_model.registry import LoadedModel
+from services.prediction.calibration import forward_moves
 from services.prediction.config import PredictionConfig
 from services.prediction.decision import (
     SIGNALS,
     Context,
     Input,
+    Scored,
     bollinger_points,
     macd_points,
     ml_input,
@@ -78,13 +80,19 @@ class Made:
     price: float
     price_time: str
     signal: str
-    confidence: float
+    confidence: float  # the formula's (coverage x margin), a detail
     combined: float
+    coverage: float
     regime: str | None
     degraded: bool
     # The times of the inputs used (prediction's cache key): the same key again is a repeat of
     # the same decision, stored and sent once.
     key: tuple[Any, ...]
+    # Calibrated: the probability that the signal is right and the past cases behind it (None and
+    # 0: uncalibrated), and the calibration that says so.
+    probability: float | None = None
+    cases: int = 0
+    calibration: str = "uncalibrated"
 
 
 @dataclass(slots=True)
@@ -236,6 +244,10 @@ class RoundInputs:
     regime: np.ndarray  # "" without a market context
     high_volatility: np.ndarray
     context_at: list[str | None]
+    # What the adjusted close did over the calibration's horizon from the price's day (NaN: not
+    # known), and when that was known (POSIX; inf: never within the prices).
+    move: np.ndarray
+    move_known: np.ndarray
 
     @classmethod
     def unusable(cls, symbol: str, times: list[datetime]) -> RoundInputs:
@@ -257,15 +269,19 @@ class RoundInputs:
             regime=np.full(size, "", dtype=object),
             high_volatility=never,
             context_at=[None] * size,
+            move=nothing,
+            move_known=np.full(size, np.inf),
         )
 
 
-def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, end: datetime) -> list[Made]:
-    """The decision of each usable round from ``first`` up to ``end`` (excluded), as prediction's
-    ``decide`` makes it (no news: sentiment is left out of every one, so each is degraded)."""
+def scored(
+    inputs: RoundInputs, config: PredictionConfig, first: datetime, end: datetime
+) -> tuple[np.ndarray, Scored]:
+    """(the rounds chosen, their scores): every usable round from ``first`` up to ``end``
+    (excluded), scored as prediction's ``decide`` scores it (no news: sentiment is left out)."""
     times = inputs.posix
     chosen = np.flatnonzero(inputs.usable & (times >= first.timestamp()) & (times < end.timestamp()))
-    scored = score(
+    return chosen, score(
         {
             "technical": (inputs.technical[chosen], inputs.technical_confidence[chosen]),
             "sentiment": (np.full(len(chosen), np.nan), np.zeros(len(chosen))),
@@ -275,6 +291,12 @@ def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, en
         inputs.high_volatility[chosen],
         config,
     )
+
+
+def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, end: datetime) -> list[Made]:
+    """The decision of each usable round from ``first`` up to ``end`` (excluded), as prediction's
+    ``decide`` makes it (no news, so each is degraded), not yet calibrated."""
+    chosen, scores = scored(inputs, config, first, end)
     made = []
     for j, i in enumerate(chosen.tolist()):
         ml_used = inputs.ml[i] == inputs.ml[i] and inputs.ml_confidence[i] > 0
@@ -293,9 +315,10 @@ def decisions(inputs: RoundInputs, config: PredictionConfig, first: datetime, en
                 at=inputs.times[i],
                 price=float(inputs.price[i]),
                 price_time=inputs.price_time[i],
-                signal=SIGNALS[int(scored.signal[j])],
-                confidence=float(scored.confidence[j]),
-                combined=float(scored.combined[j]),
+                signal=SIGNALS[int(scores.signal[j])],
+                confidence=float(scores.confidence[j]),
+                combined=float(scores.combined[j]),
+                coverage=round(float(scores.coverage[j]), 4),
                 regime=regime,
                 degraded=True,
                 key=key,
@@ -404,6 +427,7 @@ class SymbolHistory:
         technical, technical_confidence = self._technical(last, change, behind, config)
         ml, ml_confidence, ml_at = self._ml(rounds)
         regime, high, context_at = _contexts(contexts, price_time, config)
+        move, move_known = self._moves(price_time)
         return RoundInputs(
             symbol=self.symbol,
             times=rounds.times,
@@ -419,7 +443,18 @@ class SymbolHistory:
             regime=regime,
             high_volatility=high,
             context_at=context_at,
+            move=move,
+            move_known=move_known,
         )
+
+    def _moves(self, price_times: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(move, known at) over the calibration's horizon from each price's day."""
+        adjusted = self._bars["adj_close"].fillna(self._bars["close"]).to_numpy(float)
+        rows = np.flatnonzero(~np.isnan(adjusted))
+        keys = [self.timeline.keys[i] for i in rows]
+        move, ahead = forward_moves(keys, adjusted[rows], [t[:10] for t in price_times])
+        known = np.where(ahead >= 0, self.timeline.all_known[rows[np.maximum(ahead, 0)]], np.inf)
+        return move, known
 
     def _technical(
         self, last: np.ndarray, change: np.ndarray, behind: np.ndarray, config: PredictionConfig

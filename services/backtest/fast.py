@@ -24,6 +24,7 @@ import orjson
 import pandas as pd
 
 from services.asx.calendar import AsxCalendar
+from services.backtest.calibrate import Policy, WalkForward, calibrated
 from services.backtest.decisions import (
     IndexContext,
     Made,
@@ -61,6 +62,11 @@ class BacktestPlan(Window):
     # Where trained models are kept between runs (None: trained afresh in a temporary place).
     model_cache: Path | None = None
     synthetic: bool = False
+    # How decisions are calibrated (None: walk-forward from the plan's start).
+    calibration: Policy | None = None
+
+    def calibration_policy(self) -> Policy:
+        return self.calibration if self.calibration is not None else WalkForward(self.start)
 
     def settings(self) -> Settings:
         """The config the run reads: the replay's, with ``overrides`` merged over it."""
@@ -113,6 +119,7 @@ class BacktestRun:
     book: Book
     timings: dict[str, float]
     training: dict[str, Any]
+    calibration: dict[str, Any]  # how the decisions were calibrated
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,8 @@ class Prepared:
     rounds: list[datetime]
     end_of_day: list[datetime]
     training: dict[str, Any]
+    # Calibration schedules already fitted, for the settings of a sweep that share them.
+    calibrations: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def prepare(plan: BacktestPlan, settings: Settings, progress: Progress = lambda _s, _d: None) -> Prepared:
@@ -170,14 +179,16 @@ def trade(
     window: Window,
     prediction: PredictionConfig,
     paper_trading: PaperTradingConfig,
+    calibration: Policy,
     progress: Progress = lambda _s, _d: None,
 ) -> tuple[list[Made], Book]:
     """The decisions sent as signals and paper trading's book over ``window``, from a fresh
-    account at its start."""
+    account at its start, each calibrated as ``calibration`` says."""
     first, end = window.begins_at, window.ends_at
+    schedule = calibration.schedule(prepared.inputs, prediction, window, prepared.calibrations)
     made: dict[datetime, list[Made]] = {}
     for inputs in prepared.inputs:
-        for decision in decisions(inputs, prediction, first, end):
+        for decision in calibrated(decisions(inputs, prediction, first, end), schedule):
             made.setdefault(decision.at, []).append(decision)
     calendar = prepared.calendar
     walk = Walk(paper_trading, calendar, _price_at(prepared.timelines), first)
@@ -201,7 +212,9 @@ def trade(
                     continue
                 sent.add(signal_key)
                 sent_decisions.append(decision)
-                walk.signal(Signal(decision.symbol, now, decision.signal, decision.confidence))
+                walk.signal(
+                    Signal(decision.symbol, now, decision.signal, decision.probability, decision.cases)
+                )
     return sent_decisions, walk.finish()
 
 
@@ -214,11 +227,12 @@ def run_backtest(plan: BacktestPlan, progress: Progress = lambda _stage, _done: 
     prepared = prepare(plan, settings, progress)
     timings = {"prepare_s": time.perf_counter() - clock, "training_s": prepared.training["seconds"]}
     clock = time.perf_counter()
-    sent, book = trade(prepared, plan, settings.prediction, settings.paper_trading, progress)
+    policy = plan.calibration_policy()
+    sent, book = trade(prepared, plan, settings.prediction, settings.paper_trading, policy, progress)
     timings["paper_trading_s"] = time.perf_counter() - clock
     progress("done", 1.0)
     sessions = prepared.calendar.sessions_between(plan.start, plan.end)
-    return BacktestRun(plan, sessions, sent, book, timings, prepared.training)
+    return BacktestRun(plan, sessions, sent, book, timings, prepared.training, policy.describe(plan))
 
 
 def _price_at(timelines: Mapping[str, Timeline]) -> Callable[[str, datetime], tuple[float, str] | None]:

@@ -38,13 +38,13 @@ from scipy.stats import binomtest
 
 from services.asx.calendar import SYDNEY
 from services.paper_trading.analytics import ClosedTrade, max_drawdown, trade_statistics
+from services.prediction.calibration import HORIZON_SESSIONS
+from services.prediction.calibration import forward_moves as forward_moves_of
 
 INDEX = "^AXJO"
-# A prediction is judged on the close this many sessions after the one its price came from.
-HORIZON_SESSIONS = 5
 TRADING_DAYS = 252
 BLOCK_DAYS = 20
-RELIABILITY_BINS = 10
+RELIABILITY_BINS = 20
 RESAMPLES = 2000
 TRADE_COLUMNS = (
     "time",
@@ -64,6 +64,9 @@ SIGNAL_COLUMNS = (
     "symbol",
     "price_time",
     "signal",
+    "probability",
+    "cases",
+    "calibration",
     "confidence",
     "combined",
     "regime",
@@ -95,6 +98,7 @@ class History:
     reconciled: Mapping[str, int]
     run: Mapping[str, Any]  # figures of the run itself (time taken, steps, ...)
     health: Sequence[Mapping[str, Any]] | None = None  # the stack's, for a replay
+    calibration: Mapping[str, Any] | None = None  # how the signals were calibrated
 
 
 def read_prices(directory: Path, symbols: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -145,6 +149,7 @@ def build_report(history: History, prices: Prices) -> dict[str, Any]:
         },
         "excess": excess(strategy, _returns([1.0, *weighted["curve"]]) if weighted["curve"] else []),
         "predictions": prediction_accuracy(history, judged),
+        "calibration": dict(history.calibration) if history.calibration else None,
         "reliability": reliability(judged),
         "health": None
         if history.health is None
@@ -307,20 +312,20 @@ def excess(strategy: Sequence[float], benchmark: Sequence[float], seed: int = 20
 def forward_moves(history: History, prices: Prices) -> list[tuple[Mapping[str, Any], float | None]]:
     """Each signal with what its symbol's adjusted close did over the next ``HORIZON_SESSIONS``
     sessions from the close it was made on (None: not known, e.g. at the end of the file)."""
-    closes = {
-        symbol: prices[symbol]["adj_close"].fillna(prices[symbol]["close"]) for symbol in history.symbols
-    }
-    moves: list[tuple[Mapping[str, Any], float | None]] = []
-    for row in history.predictions:
-        series = closes.get(row["symbol"])
-        day = _sydney_day(row["price_time"])
-        at = int(series.index.searchsorted(day, side="right")) - 1 if series is not None else -1
-        ahead = at + HORIZON_SESSIONS
-        if series is None or at < 0 or ahead >= len(series):
-            moves.append((row, None))
-        else:
-            moves.append((row, float(series.iloc[ahead] / series.iloc[at] - 1)))
-    return moves
+    moves: list[float | None] = [None] * len(history.predictions)
+    for symbol in history.symbols:
+        rows = [i for i, row in enumerate(history.predictions) if row["symbol"] == symbol]
+        if not rows or symbol not in prices:
+            continue
+        adjusted = prices[symbol]["adj_close"].fillna(prices[symbol]["close"]).dropna()
+        found, _ahead = forward_moves_of(
+            [str(key) for key in adjusted.index],
+            adjusted.to_numpy(float),
+            [_sydney_day(history.predictions[i]["price_time"]) for i in rows],
+        )
+        for i, move in zip(rows, found.tolist(), strict=True):
+            moves[i] = None if move != move else move
+    return list(zip(history.predictions, moves, strict=True))
 
 
 def prediction_accuracy(
@@ -357,41 +362,74 @@ def prediction_accuracy(
 
 
 def reliability(judged: Sequence[tuple[Mapping[str, Any], float | None]]) -> dict[str, Any]:
-    """Whether the confidence BUY and SELL signals carry means what it says: per bin of
-    confidence, its mean, how often the price then moved the signal's way over the horizon
-    (before costs), with a 95% Wilson interval, and how many signals. A bin is ``consistent`` when
-    its mean confidence lies inside the interval of its hit rate."""
-    bins: list[list[tuple[float, bool]]] = [[] for _ in range(RELIABILITY_BINS)]
+    """Whether the calibrated probability signals carry means what it says: per bin of
+    probability, its mean, how often the signal was then right over the horizon (before costs: a
+    BUY followed by a rise, a SELL by a fall, a HOLD by a move the way its score leans), and how
+    many signals.
+
+    Signals of the same days share their outcome (the rounds of a day and the four banks move
+    together, and horizons overlap), so the interval of a hit rate is a bootstrap of whole weeks
+    (``ci95``), not of single signals; the Wilson interval that treats them as independent is
+    given too (``ci95_independent``). A bin is ``consistent`` when its mean probability lies inside
+    ``ci95``."""
+    bins: list[list[tuple[float, bool, str]]] = [[] for _ in range(RELIABILITY_BINS)]
+    uncalibrated = 0
     for row, move in judged:
-        if move is None or row["signal"] == "HOLD":
+        if move is None:
             continue
-        right = move > 0 if row["signal"] == "BUY" else move < 0
-        confidence = float(row["confidence"])
-        bins[min(int(confidence * RELIABILITY_BINS), RELIABILITY_BINS - 1)].append((confidence, right))
+        if row.get("probability") is None:
+            uncalibrated += 1
+            continue
+        up = row["signal"] == "BUY" or (row["signal"] == "HOLD" and float(row["combined"]) >= 0)
+        right = move > 0 if up else move < 0
+        probability = float(row["probability"])
+        week = date.fromisoformat(_sydney_day(row["price_time"])).isocalendar()
+        slot = min(int(probability * RELIABILITY_BINS), RELIABILITY_BINS - 1)
+        bins[slot].append((probability, right, f"{week.year}-{week.week}"))
     table = []
     for i, members in enumerate(bins):
         if not members:
             continue
-        hits = sum(right for _c, right in members)
+        hits = sum(right for _p, right, _w in members)
         low, high = binomtest(hits, len(members)).proportion_ci(method="wilson")
-        mean = sum(c for c, _r in members) / len(members)
+        mean = sum(p for p, _r, _w in members) / len(members)
+        cluster_low, cluster_high = _week_interval(members)
         table.append(
             {
                 "from": i / RELIABILITY_BINS,
                 "to": (i + 1) / RELIABILITY_BINS,
                 "count": len(members),
-                "mean_confidence": round(mean, 4),
+                "weeks": len({w for _p, _r, w in members}),
+                "mean_probability": round(mean, 4),
                 "hit_rate": round(hits / len(members), 4),
-                "ci95": [round(float(low), 4), round(float(high), 4)],
-                "consistent": bool(low <= mean <= high),
+                "ci95": [round(cluster_low, 4), round(cluster_high, 4)],
+                "ci95_independent": [round(float(low), 4), round(float(high), 4)],
+                "consistent": bool(cluster_low <= mean <= cluster_high),
             }
         )
     return {
-        "of": "BUY and SELL signals",
+        "of": "calibrated signals (BUY, SELL and HOLD)",
         "horizon_sessions": HORIZON_SESSIONS,
         "bins": table,
         "consistent_bins": sum(1 for b in table if b["consistent"]),
+        "uncalibrated": uncalibrated,
     }
+
+
+def _week_interval(members: Sequence[tuple[float, bool, str]], seed: int = 20100101) -> tuple[float, float]:
+    """The 95% interval of the hit rate, resampling whole weeks of signals."""
+    weeks: dict[str, list[int]] = {}
+    for _p, right, week in members:
+        weeks.setdefault(week, [0, 0])
+        weeks[week][0] += int(right)
+        weeks[week][1] += 1
+    hits, counts = (np.array(v, dtype=float) for v in zip(*weeks.values(), strict=True))
+    if len(counts) < 2:
+        return 0.0, 1.0
+    picks = np.random.default_rng(seed).integers(0, len(counts), size=(RESAMPLES, len(counts)))
+    rates = hits[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    low, high = np.percentile(rates, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def _sydney_day(stamp: str) -> str:
@@ -522,7 +560,13 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"{_share(preds['all_up_rate'])} of all signals (the base rate)",
     ]
     if report["trades"] == 0:
-        lines.append("- No trade: no BUY signal reached paper trading's bar (`buy_confidence`).")
+        lines.append(
+            "- No trade: no BUY signal had a calibrated probability at paper trading's bar "
+            "(`buy_confidence`) with `min_cases` past cases behind it."
+        )
+    calibration = report.get("calibration")
+    if calibration:
+        lines.append(f"- Calibration: {calibration['reading']}.")
     lines += reliability_markdown(report["reliability"])
     if report.get("health") is not None:
         lines += ["", "## Health at the end"]
@@ -537,25 +581,32 @@ def reliability_markdown(table: Mapping[str, Any]) -> list[str]:
     bins = table["bins"]
     lines = [
         "",
-        "## Reliability of the confidence",
-        f"Of {table['of']}: how often the price moved their way over the next {table['horizon_sessions']} "
-        "sessions (before costs), per bin of confidence, with a 95% interval.",
+        "## Reliability of the calibrated probability",
+        f"Of {table['of']}: how often they were right over the next {table['horizon_sessions']} "
+        "sessions (before costs), per bin of the probability they carried, with a 95% interval.",
         "",
     ]
+    if table.get("uncalibrated"):
+        lines += [f"- {table['uncalibrated']} uncalibrated signals are left out.", ""]
     if not bins:
-        return [*lines, "- No BUY or SELL signal could be judged."]
+        return [*lines, "- No calibrated signal could be judged."]
     lines += [
-        "| confidence | signals | mean confidence | hit rate | 95% interval | consistent |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| probability | signals | weeks | mean probability | hit rate | 95% interval (weeks) "
+        "| as if independent | consistent |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {b['from']:.1f}-{b['to']:.1f} | {b['count']} | {b['mean_confidence']:.3f} | {b['hit_rate']:.3f} "
-        f"| {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f} | {'yes' if b['consistent'] else 'no'} |"
+        f"| {b['from']:.2f}-{b['to']:.2f} | {b['count']} | {b['weeks']} | {b['mean_probability']:.3f} "
+        f"| {b['hit_rate']:.3f} | {b['ci95'][0]:.3f}-{b['ci95'][1]:.3f} "
+        f"| {b['ci95_independent'][0]:.3f}-{b['ci95_independent'][1]:.3f} "
+        f"| {'yes' if b['consistent'] else 'no'} |"
         for b in bins
     ]
     lines.append(
-        f"- {table['consistent_bins']} of {len(bins)} bins have their mean confidence inside the interval "
-        "of what happened; where it is outside, the confidence does not mean that probability."
+        f"- {table['consistent_bins']} of {len(bins)} bins have their mean probability inside the interval "
+        "of what happened; where it is outside, the probability does not mean what it says. Signals of "
+        "the same days share their outcome (the banks move together, the horizons overlap), so the "
+        "interval resamples whole weeks; the one beside it treats every signal as independent."
     )
     return lines
 
@@ -596,15 +647,15 @@ def equity_html(history: History, report: Mapping[str, Any], prices: Prices) -> 
     return (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1>{body}"
-        f"<h2>Reliability of the confidence</h2>{_reliability_svg(report['reliability']['bins'])}"
+        f"<h2>Reliability of the calibrated probability</h2>{_reliability_svg(report['reliability']['bins'])}"
     )
 
 
 def _reliability_svg(bins: Sequence[Mapping[str, Any]]) -> str:
-    """Realised hit rate (with its 95% interval) against mean confidence per bin; the diagonal is
+    """Realised hit rate (with its 95% interval) against mean probability per bin; the diagonal is
     where the two agree."""
     if not bins:
-        return "<p>No BUY or SELL signal could be judged.</p>"
+        return "<p>No calibrated signal could be judged.</p>"
     size, pad = 320, 40
 
     def x(v: float) -> float:
@@ -616,11 +667,11 @@ def _reliability_svg(bins: Sequence[Mapping[str, Any]]) -> str:
     parts = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{size}' height='{size}'>",
         f"<line x1='{x(0)}' y1='{y(0)}' x2='{x(1)}' y2='{y(1)}' stroke='#999' stroke-dasharray='4'/>",
-        f"<text x='{pad}' y='{size - 8}' font-size='11'>mean confidence</text>",
+        f"<text x='{pad}' y='{size - 8}' font-size='11'>mean probability</text>",
         f"<text x='4' y='{pad - 10}' font-size='11'>hit rate</text>",
     ]
     for b in bins:
-        cx, (low, high) = x(b["mean_confidence"]), b["ci95"]
+        cx, (low, high) = x(b["mean_probability"]), b["ci95"]
         parts.append(
             f"<line x1='{cx:.1f}' y1='{y(low):.1f}' x2='{cx:.1f}' y2='{y(high):.1f}' stroke='#1f77b4'/>"
         )

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.stats import kurtosis, norm, skew
 
+from services.backtest.calibrate import Policy
 from services.backtest.fast import BacktestPlan, Prepared, trade
 from services.backtest.replay import Window, history_tables, merge
 from services.backtest.report import TRADING_DAYS, Prices, buy_and_hold, equal_weight, excess
@@ -145,6 +146,7 @@ class Task:
     phase: Literal["train", "test"]
     setting: int
     window: Window
+    calibration: Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +174,7 @@ def evaluate(
 ) -> Outcome:
     """A setting's daily returns on a window: the unit of work a worker runs."""
     prediction, paper = configs(tables, setting)
-    _sent, book = trade(prepared, task.window, prediction, paper)
+    _sent, book = trade(prepared, task.window, prediction, paper, task.calibration)
     equity = [book.starting_cents] + [row["equity_cents"] for row in book.equity]
     returns = [b / a - 1.0 for a, b in itertools.pairwise(equity)]
     return Outcome([row["day"] for row in book.equity], returns, len(book.fills))
@@ -246,13 +248,16 @@ def tune(
     settings = grid_settings(grid)
     for setting in settings:
         configs(tables, setting)  # every setting is checked before any work starts
-    trials = [Task(f, "train", s, fold.train) for f, fold in enumerate(cuts) for s in range(len(settings))]
+    policy = plan.calibration_policy()
+    trials = [
+        Task(f, "train", s, fold.train, policy) for f, fold in enumerate(cuts) for s in range(len(settings))
+    ]
     trained = runner(trials, prepared, tables, settings, progress)
     chosen = []
     for f in range(len(cuts)):
         sharpes = [trained[f * len(settings) + s].sharpe for s in range(len(settings))]
         chosen.append(int(np.argmax(sharpes)))  # the first of the best, on a tie
-    tests = [Task(f, "test", chosen[f], fold.test) for f, fold in enumerate(cuts)]
+    tests = [Task(f, "test", chosen[f], fold.test, policy) for f, fold in enumerate(cuts)]
     tested = runner(tests, prepared, tables, settings, lambda _s, _d: None)
     report_folds = []
     oos_days: list[str] = []

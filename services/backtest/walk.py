@@ -38,7 +38,8 @@ class Signal:
     symbol: str
     at: datetime
     action: str
-    confidence: float
+    probability: float | None
+    cases: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,8 @@ class Walk:
         outcome = engine.on_signal(
             signal.symbol,
             signal.action,
-            signal.confidence,
+            signal.probability,
+            signal.cases,
             held=held,
             waiting=frozenset(waiting),
             config=self.config,
@@ -119,7 +121,7 @@ class Walk:
             quantity=outcome.quantity,
             origin="signal",
             now=signal.at,
-            confidence=signal.confidence,
+            confidence=signal.probability,
         )
         self._execute(
             _Order(order_id, signal.symbol, outcome.side, outcome.quantity, "signal", signal.at), signal.at

@@ -28,8 +28,9 @@ market     scheduler.get_market_status()         phase (pre_open, open, closing_
                                                  is_trading_day (bool), next_open_local,
                                                  next_close_local (Australia/Sydney),
                                                  next_open_utc, next_close_utc (fallbacks)
-signals    prediction.get_prediction_history(    symbol, signal (BUY, HOLD, SELL), confidence
-           limit=8) -> list[object]              (fraction), ts (UTC), degraded (bool, optional)
+signals    prediction.get_prediction_history(    symbol, signal (BUY, HOLD, SELL), probability
+           limit=8) -> list[object]              (calibrated, fraction; null: uncalibrated),
+                                                 cases (int), ts (UTC), degraded (bool, optional)
 buy_rate   prediction.get_buy_rate() -> object   latest, rolling, threshold (fractions),
                                                  alert_active (bool)
 portfolio  paper_trading.get_portfolio_status()  equity, cash, market_value, day_pnl, total_pnl
@@ -595,7 +596,7 @@ def _signals_table(signals: object) -> RenderableType:
     table = Table(expand=True, box=None, header_style="bold")
     table.add_column("Symbol")
     table.add_column("Signal")
-    table.add_column("Conf.", justify="right")
+    table.add_column("P(right)", justify="right")
     table.add_column("Time")
     for row in rows[:SIGNALS_ASKED]:
         signal = _styled(row.get("signal"), SIGNAL_STYLES, 8)
@@ -604,10 +605,21 @@ def _signals_table(signals: object) -> RenderableType:
         table.add_row(
             Text(_plain(row.get("symbol"), 12), style="bold"),
             signal,
-            Text(percent(row.get("confidence"))),
+            _probability(row),
             Text(_local_time(row.get("ts"), "%d %b %H:%M")),
         )
     return table
+
+
+def _probability(row: Mapping[str, Any]) -> Text:
+    """The calibrated probability and the past cases behind it, or that there is none."""
+    probability, cases = row.get("probability"), row.get("cases")
+    if not isinstance(probability, int | float) or isinstance(probability, bool):
+        return Text("uncalibrated", style="dim yellow")
+    text = Text(percent(probability))
+    if isinstance(cases, int) and not isinstance(cases, bool):
+        text.append(f" n={cases}", style="dim")
+    return text
 
 
 def _buy_rate_line(snapshot: DashboardSnapshot) -> Text:

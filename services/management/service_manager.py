@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -304,6 +304,45 @@ def cmd_call(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_signals(settings: Settings, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.symbol:
+        params["symbol"] = args.symbol
+    try:
+        rows = call(settings.home, "prediction", "get_prediction_history", params)
+    except NotRunning:
+        print(f"prediction is not running (no answer on {settings.home.socket_path('prediction')})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no predictions yet")
+        return EXIT_OK
+    print(f"{'time (UTC)':<20} {'symbol':<8} {'signal':<6} {'P(right)':>8} {'95%':>9} {'cases':>6}  "
+          f"{'price':>9} {'price of':<10}  calibration")  # fmt: skip
+    for row in rows:
+        print(signal_line(row))
+    return EXIT_OK
+
+
+def signal_line(row: Mapping[str, Any]) -> str:
+    """One stored prediction as a line of ``tradingctl signals``."""
+    probability, interval = row.get("probability"), row.get("probability_interval")
+    chance = f"{probability:.1%}" if isinstance(probability, float) else "-"
+    band = (
+        f"{interval[0]:.0%}-{interval[1]:.0%}" if isinstance(interval, list) and len(interval) == 2 else "-"
+    )
+    degraded = " (degraded)" if row.get("degraded") else ""
+    when, of = str(row.get("ts", ""))[:19], str(row.get("price_time", ""))[:10]
+    return (
+        f"{when:<20} {row.get('symbol', ''):<8} {row.get('signal', ''):<6} {chance:>8} {band:>9} "
+        f"{row.get('cases', 0):>6}  {row.get('price', 0):>9.2f} {of:<10}  "
+        f"{row.get('calibration', 'uncalibrated')}{degraded}"
+    )
+
+
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     from services.management.backup import restore_hint
 
@@ -426,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     call_.add_argument("method")
     call_.add_argument("params", nargs="?", help="a JSON object of named parameters")
     call_.add_argument("--timeout", type=float, default=30.0)
+    signals = command(
+        "signals", cmd_signals, "the latest signals with their calibrated probability, cases and calibration"
+    )
+    signals.add_argument("--symbol")
+    signals.add_argument("--limit", type=int, default=20)
+    signals.add_argument("--json", action="store_true")
     train = command("train", cmd_train, "train, evaluate walk-forward and register the ML models")
     add_training_arguments(train)
     add_history_commands(command)

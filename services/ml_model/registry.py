@@ -28,6 +28,7 @@ import skops.io as sio  # type: ignore[import-untyped]
 from skops.io.exceptions import UntrustedTypesFoundException  # type: ignore[import-untyped]
 
 from services.base.errors import InvalidParams, NotFound, Rejected
+from services.base.files import sync_directory, write_synced
 from services.ml_model.features import FEATURE_NAMES
 
 POOLED = "pooled"
@@ -94,22 +95,6 @@ def check_version(version: object, *, field: str = "version") -> str:
 def _version_number(version: str) -> int:
     match = _VERSION.fullmatch(version)
     return int(match.group(1)) if match else 0
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a rename in ``path`` durable."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class ModelRegistry:
@@ -229,17 +214,17 @@ class ModelRegistry:
         try:
             data = sio.dumps(model)
             digest = hashlib.sha256(data).hexdigest()
-            _write_synced(staging / MODEL_FILE, data)
+            write_synced(staging / MODEL_FILE, data)
             existing = self.versions(scope, name)
             number = _version_number(existing[-1]) + 1 if existing else 1
             while True:
                 version = f"v{number}"
                 full_card = {**card, "scope": scope, "model": name, "version": version,
                              "file": MODEL_FILE, "sha256": digest}  # fmt: skip
-                _write_synced(staging / CARD_FILE, orjson.dumps(full_card, option=orjson.OPT_INDENT_2))
+                write_synced(staging / CARD_FILE, orjson.dumps(full_card, option=orjson.OPT_INDENT_2))
                 try:
                     staging.rename(directory / version)  # fails if another writer took the name
-                    _sync_directory(directory)
+                    sync_directory(directory)
                 except OSError:
                     if (directory / version).exists():  # taken meanwhile (or a stray file): the next
                         number += 1
@@ -259,9 +244,9 @@ class ModelRegistry:
             self.load(scope, name, version)
         directory = self._model_dir(scope, name)
         temporary = directory / f".{ACTIVE_FILE}-{secrets.token_hex(4)}"
-        _write_synced(temporary, orjson.dumps({"version": version}))
+        write_synced(temporary, orjson.dumps({"version": version}))
         os.replace(temporary, directory / ACTIVE_FILE)
-        _sync_directory(directory)
+        sync_directory(directory)
 
     # -- paths ----------------------------------------------------------------------------
 

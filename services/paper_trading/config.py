@@ -45,7 +45,10 @@ class PaperTradingConfig:
     stop_loss: float = 0.05
     take_profit: float = 0.10
     slippage_bps: float = 5.0
-    buy_confidence: float = 0.6  # a BUY signal below this is ignored
+    # A BUY signal opens a position only if its calibrated probability of being right is at least
+    # buy_confidence, with at least min_cases past cases behind it; an uncalibrated one never does.
+    buy_confidence: float = 0.6
+    min_cases: int = 200
     # Outside market hours an order waits for the next session's first price, or expires.
     after_hours: Literal["wait", "expire"] = "wait"
     check_interval_s: float = 60.0
@@ -66,6 +69,8 @@ class PaperTradingConfig:
             raise ValueError("commission_fixed >= 0, commission_rate in [0, 0.1), slippage_bps in [0, 1000)")
         if self.ig.mirror_orders and self.ig.account_type != "DEMO":
             raise ValueError("ig.mirror_orders places orders: it is allowed on a DEMO account only")
+        if self.min_cases < 0:
+            raise ValueError("min_cases must be >= 0")
         if not self.symbols or self.check_interval_s <= 0:
             raise ValueError("symbols must name one symbol at least; check_interval_s > 0")
 

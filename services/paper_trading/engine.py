@@ -37,7 +37,7 @@ class NewOrder:
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """A signal that places no order, and why (``low_confidence``, ``already_open``, ...)."""
+    """A signal that places no order, and why (``low_probability``, ``already_open``, ...)."""
 
     reason: str
 
@@ -55,7 +55,8 @@ SignalOutcome = NewOrder | Ignored | CancelWaitingBuy
 def on_signal(
     symbol: str,
     action: str,
-    confidence: float,
+    probability: float | None,
+    cases: int,
     *,
     held: Position | None,
     waiting: frozenset[str],
@@ -63,12 +64,17 @@ def on_signal(
 ) -> SignalOutcome:
     """What a trade signal does, given the position held in ``symbol`` and the sides of the
     signal orders of ``symbol`` still waiting. Waiting orders count: a second BUY is not a second
-    position, and a SELL cancels a waiting BUY."""
+    position, and a SELL cancels a waiting BUY. A BUY opens only with a calibrated ``probability``
+    of at least ``buy_confidence`` that at least ``min_cases`` past cases stand behind."""
     if symbol not in config.symbols:
         return Ignored("unknown_symbol")
     if action == "BUY":
-        if confidence < config.buy_confidence:
-            return Ignored("low_confidence")
+        if probability is None:
+            return Ignored("uncalibrated")
+        if probability < config.buy_confidence:
+            return Ignored("low_probability")
+        if cases < config.min_cases:
+            return Ignored("few_cases")
         if held is not None or "BUY" in waiting:
             return Ignored("already_open")
         return NewOrder("BUY", None)

@@ -3,7 +3,8 @@
 Signals come from the durable ``trading:signals`` stream through the ``paper_trading`` consumer
 group. Each is recorded with its order in one transaction (the event id in the ``Inbox``), so a
 signal is applied once however often it is delivered, and acknowledged only after that commit.
-A BUY at or above ``buy_confidence`` opens a position when none is open; a SELL closes one.
+A BUY whose calibrated probability is at least ``buy_confidence``, with ``min_cases`` past cases
+behind it, opens a position when none is open; a SELL closes one.
 
 An order fills at the latest market-data price of the current session plus slippage while the
 ASX is open. Outside market hours, or without a price of the current session, it waits and fills
@@ -156,14 +157,14 @@ class PaperTradingService(BaseService):
                 if signal is None:
                     counted.append("malformed")
                     return None
-                symbol, action, confidence = signal
-                decision = self._decide(conn, symbol, action, confidence, now)
+                decision = self._decide(conn, signal, now)
                 if isinstance(decision, str):
                     counted.append(decision)
                     return None
                 side, quantity = decision
-                return ledger.new_order(conn, symbol=symbol, side=side, quantity=quantity, origin="signal",
-                                        now=now, signal_id=event.id, confidence=confidence)  # fmt: skip
+                return ledger.new_order(conn, symbol=signal.symbol, side=side, quantity=quantity,
+                                        origin="signal", now=now, signal_id=event.id,
+                                        confidence=signal.probability)  # fmt: skip
 
         async with self._book:
             order_id = await self._db(record)
@@ -174,18 +175,18 @@ class PaperTradingService(BaseService):
             await self._execute(order_id)
 
     def _decide(
-        self, conn: sqlite3.Connection, symbol: str, action: str, confidence: float, now: datetime
+        self, conn: sqlite3.Connection, signal: ReadSignal, now: datetime
     ) -> tuple[str, int | None] | str:
         """(side, quantity) of the order a signal makes, or why it makes none (``engine.on_signal``)."""
         waiting = dict(
             conn.execute(
                 "SELECT side, id FROM orders WHERE symbol = ? AND status = 'pending' AND origin = 'signal'",
-                (symbol,),
+                (signal.symbol,),
             ).fetchall()
         )
         outcome = engine.on_signal(
-            symbol, action, confidence, held=ledger.positions(conn).get(symbol),
-            waiting=frozenset(waiting), config=self.config,
+            signal.symbol, signal.action, signal.probability, signal.cases,
+            held=ledger.positions(conn).get(signal.symbol), waiting=frozenset(waiting), config=self.config,
         )  # fmt: skip
         if isinstance(outcome, engine.CancelWaitingBuy):
             ledger.set_order(conn, waiting["BUY"], "cancelled", "cancelled by a SELL signal", now)
@@ -777,19 +778,33 @@ def _day_open(conn: sqlite3.Connection, day: str, equity_cents: int) -> int:
     return int(conn.execute("SELECT equity_cents FROM day_open WHERE day = ?", (day,)).fetchone()[0])
 
 
-def _read_signal(event: Event) -> tuple[str, str, float] | None:
-    """(symbol, BUY | SELL | HOLD, confidence) of a trade signal, or None if it cannot be read."""
+@dataclass(frozen=True, slots=True)
+class ReadSignal:
+    symbol: str
+    action: str  # BUY | SELL | HOLD
+    probability: float | None  # calibrated; None: the signal is uncalibrated
+    cases: int
+
+
+def _read_signal(event: Event) -> ReadSignal | None:
+    """A trade signal's symbol, action, calibrated probability and cases, or None if it cannot be
+    read."""
     data = event.data
-    symbol, action, confidence = data.get("symbol"), data.get("signal"), data.get("confidence", 0.0)
+    symbol, action = data.get("symbol"), data.get("signal")
+    probability, cases = data.get("probability"), data.get("cases", 0)
     if (
         event.type != EventType.TRADE_SIGNAL
         or not isinstance(symbol, str)
         or action not in ("BUY", "SELL", "HOLD")
     ):
         return None
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
+    if probability is not None and (
+        isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 <= probability <= 1
+    ):
         return None
-    return symbol, str(action), float(confidence)
+    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 0:
+        return None
+    return ReadSignal(symbol, str(action), None if probability is None else float(probability), cases)
 
 
 def _position_wire(position: ledger.Position, marks: Marks) -> dict[str, Any]:

@@ -5,6 +5,12 @@ by ``decision.decide``, stored in SQLite together with the signal's outbox row (
 then broadcast as ``prediction_generated``; the bus's relay puts the signal on the durable
 ``trading:signals`` stream whenever Redis is reachable, so no signal is lost to an outage.
 
+Each decision carries a calibrated ``probability`` that its direction is right (``calibration.py``),
+with the past cases behind it: from the home's active calibration (``models/calibration/``),
+else the shipped one, reloaded when a new version is activated; with none that fits the config the
+signal says ``uncalibrated`` and health says why. The old formula's ``confidence`` (coverage x
+margin) is kept as a detail.
+
 Market data is the one input a prediction cannot do without (it gives the price and the
 technicals): without it that symbol fails with -32000 naming it, and the rest of the batch goes on.
 Sentiment and ML that fail, answer something malformed or have zero confidence are left out, the
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from services.base.clock import utc_iso
@@ -37,6 +44,8 @@ from services.base.outbox import Outbox
 from services.base.rpc import RpcClient, rpc_method
 from services.base.service import BaseService, Check, ServiceState
 from services.base.symbols import configured_symbol
+from services.prediction.calibration import Calibration
+from services.prediction.calibration_store import CalibrationStore, shipped
 from services.prediction.config import PredictionConfig
 from services.prediction.decision import (
     Context,
@@ -82,6 +91,10 @@ class PredictionService(BaseService):
         self._alert_active = False
         # The latest batch's (predictions, degraded ones, failed symbols), for health.
         self._last_batch: tuple[int, int, dict[str, str]] | None = None
+        self._calibrations = CalibrationStore(self.home.models / "calibration")
+        self._calibration: Calibration | None = None
+        self._calibration_stamp: float | None = None
+        self._calibration_problem: str | None = "not loaded yet"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -92,6 +105,7 @@ class PredictionService(BaseService):
         for service in ("market_data", "sentiment", "ml_model"):
             self._clients[service] = self.peer(service, timeout=self.config.input_timeout_s)
         self._prediction_count, self._rolling_rate, self._alert_active = await self.db.run(self._load_state)
+        self._refresh_calibration(first=True)
 
     async def _stop(self) -> None:
         for client in self._clients.values():
@@ -117,6 +131,7 @@ class PredictionService(BaseService):
         named = symbols if symbols is not None else list(self.config.symbols)
         # Each symbol once, whatever its spelling: two predictions would be two signals.
         wanted = list(dict.fromkeys(self._symbol(s, field=f"symbols[{i}]") for i, s in enumerate(named)))
+        self._refresh_calibration()
         batch_id = f"{utc_iso(self.clock.now())}-{secrets.token_hex(3)}"
         context = await self._context()
         outcomes = await asyncio.gather(
@@ -148,6 +163,7 @@ class PredictionService(BaseService):
     async def generate_single_prediction(self, symbol: str, force_refresh: bool = False) -> dict[str, Any]:
         """One symbol's prediction; a failure is the error itself (e.g. -32000 naming market_data)."""
         symbol = self._symbol(symbol)
+        self._refresh_calibration()
         batch_id = f"{utc_iso(self.clock.now())}-{secrets.token_hex(3)}"
         prediction = await self._predict(symbol, await self._context(), batch_id, force_refresh)
         self._last_batch = (1, int(prediction["degraded"]), {})
@@ -189,8 +205,19 @@ class PredictionService(BaseService):
         if after_id < 0:
             raise InvalidParams("after_id must be 0 or more", field="after_id")
         columns = (
-            "id", "symbol", "signal", "confidence", "combined", "regime", "price", "price_time", "degraded",
+            "id",
+            "symbol",
+            "signal",
+            "confidence",
+            "combined",
+            "regime",
+            "price",
+            "price_time",
+            "degraded",
             "created_at",
+            "probability",
+            "cases",
+            "calibration",
         )
 
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -297,9 +324,11 @@ class PredictionService(BaseService):
         decision: Decision,
     ) -> dict[str, Any]:
         weights = self.config.weights
+        calibrated = self._calibrated(decision)
         return {
             "symbol": symbol,
             "signal": decision.signal,
+            **calibrated,
             "confidence": decision.confidence,
             "combined_score": decision.combined,
             "coverage": decision.coverage,
@@ -319,7 +348,7 @@ class PredictionService(BaseService):
                 }
                 for name, i in inputs.items()
             },
-            "reasons": decision.reasons,
+            "reasons": [*decision.reasons, _calibration_reason(calibrated)],
             "missing": decision.missing,
             "degraded": decision.degraded,
             "inputs_at": {**{name: i.at for name, i in inputs.items()}, "market": context.at},
@@ -337,7 +366,10 @@ class PredictionService(BaseService):
         The same decision on the same inputs was made before (a retry after a crash, or a second
         run before new prices) when its signal id is already stored: then nothing is stored or
         sent again, and ``payload`` says ``repeat``."""
-        fields = ("symbol", "signal", "confidence", "price", "price_time", "degraded", "batch_id", "ts")
+        fields = (
+            "symbol", "signal", "probability", "cases", "calibration", "confidence", "price", "price_time",
+            "degraded", "batch_id", "ts",
+        )  # fmt: skip
         signal = self.bus.event(EventType.TRADE_SIGNAL, {key: payload[key] for key in fields})
         signal = dataclasses.replace(signal, id=event_id)
         payload["event_id"] = signal.id
@@ -349,10 +381,12 @@ class PredictionService(BaseService):
                     return int(row[0]), False
                 cursor = conn.execute(
                     "INSERT INTO predictions (batch_id, symbol, signal, confidence, combined, regime, price, "
-                    "price_time, degraded, created_at, event_id, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "price_time, degraded, created_at, event_id, payload, probability, cases, calibration) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (payload["batch_id"], payload["symbol"], payload["signal"], payload["confidence"],
                      payload["combined_score"], payload["regime"], payload["price"], payload["price_time"],
-                     int(payload["degraded"]), payload["ts"], signal.id, orjson.dumps(payload)),
+                     int(payload["degraded"]), payload["ts"], signal.id, orjson.dumps(payload),
+                     payload["probability"], payload["cases"], payload["calibration"]),
                 )  # fmt: skip
                 Outbox.add(conn, SIGNALS_STREAM, signal)
                 return int(cursor.lastrowid or 0), True
@@ -416,6 +450,54 @@ class PredictionService(BaseService):
             "latest_batch_at": self._latest_batch_at,
         }
 
+    # -- calibration ----------------------------------------------------------------------
+
+    def _refresh_calibration(self, *, first: bool = False) -> None:
+        """Load the active calibration when ``ACTIVE`` changed (the shipped one when the home has
+        none). A version that fails its checks or does not fit the config is refused, saying why;
+        a good one loaded before stays."""
+        stamp = self._calibrations.active_stamp()
+        if not first and stamp == self._calibration_stamp:
+            return
+        self._calibration_stamp = stamp
+        try:
+            candidate = self._calibrations.load() if stamp is not None else shipped()
+        except TradingError as exc:
+            self._calibration_problem = f"calibration refused: {exc.message}"
+            log.error("%s", self._calibration_problem)
+            return
+        problem = candidate.mismatch(self.config)
+        if problem is not None:
+            self._calibration_problem = problem
+            log.error("calibration refused: %s", problem)
+            return
+        self._calibration, self._calibration_problem = candidate, None
+        self._cache.clear()  # cached predictions carry the old probabilities
+        log.info("using %s (%s cases)", candidate.name, candidate.fitted.get("cases"))
+
+    def _calibrated(self, decision: Decision) -> dict[str, Any]:
+        """The probability that ``decision`` is right, with its cases and interval; or says it is
+        uncalibrated."""
+        calibration = self._calibration
+        if calibration is None:
+            return {
+                "probability": None, "probability_interval": None, "cases": 0,
+                "calibration": "uncalibrated", "calibration_group": None,
+            }  # fmt: skip
+        estimate = calibration.estimate(
+            np.array([{"BUY": 1, "SELL": -1}.get(decision.signal, 0)]),
+            np.array([decision.combined]),
+            np.array([decision.coverage]),
+            np.array([decision.regime or ""], dtype=object),
+        )
+        return {
+            "probability": round(float(estimate.probability[0]), 4),
+            "probability_interval": [round(float(estimate.low[0]), 4), round(float(estimate.high[0]), 4)],
+            "cases": int(estimate.cases[0]),
+            "calibration": calibration.name,
+            "calibration_group": str(estimate.group[0]),
+        }
+
     # -- helpers --------------------------------------------------------------------------
 
     def _symbol(self, symbol: str, *, field: str = "symbol") -> str:
@@ -425,7 +507,24 @@ class PredictionService(BaseService):
 
     def health_checks(self) -> dict[str, Check]:
         checks = super().health_checks()
-        if self.state is not ServiceState.RUNNING or self._last_batch is None:
+        if self.state is not ServiceState.RUNNING:
+            return checks
+        calibration = self._calibration
+        if calibration is None:
+            checks["calibration"] = {
+                "status": "degraded",
+                "detail": f"uncalibrated: no BUY opens a position ({self._calibration_problem})"[:500],
+            }
+        else:
+            fitted = calibration.fitted
+            detail = (
+                f"{calibration.name}: {fitted.get('cases')} past decisions from {fitted.get('from')} to "
+                f"{fitted.get('to')}"
+            )
+            if self._calibration_problem:
+                detail += f"; a newer one was refused: {self._calibration_problem}"
+            checks["calibration"] = {"status": "ok", "detail": detail[:500]}
+        if self._last_batch is None:
             return checks
         made, degraded, failed = self._last_batch
         if failed:
@@ -447,6 +546,7 @@ class PredictionService(BaseService):
             "current_buy_rate": self._rolling_rate,
             "latest_batch_buy_rate": self._latest_rate,
             "buy_rate_alert": self._alert_active,
+            "calibration": self._calibration.name if self._calibration else "uncalibrated",
         }
 
 
@@ -464,6 +564,16 @@ def _read(name: str, answer: Any, convert: Callable[[Any], Input]) -> Input:
         return convert(answer)
     except (KeyError, TypeError, ValueError) as exc:
         return unavailable(name, f"{name} answer malformed: {type(exc).__name__}: {exc}")
+
+
+def _calibration_reason(calibrated: dict[str, Any]) -> str:
+    if calibrated["probability"] is None:
+        return "uncalibrated: no probability (see prediction's health)"
+    low, high = calibrated["probability_interval"]
+    return (
+        f"{calibrated['calibration']}: right {calibrated['probability']:.0%} of the time in "
+        f"{calibrated['cases']} past cases like it (95% {low:.0%}-{high:.0%})"
+    )
 
 
 def _message(exc: BaseException) -> str:

@@ -35,4 +35,13 @@ MIGRATIONS = [
         "signal ids are derived from the decision's inputs: look them up",
         "CREATE UNIQUE INDEX predictions_event ON predictions (event_id);",
     ),
+    Migration(
+        3,
+        "the calibrated probability a signal carries, its cases and its calibration",
+        """
+        ALTER TABLE predictions ADD COLUMN probability REAL;      -- NULL: uncalibrated
+        ALTER TABLE predictions ADD COLUMN cases INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE predictions ADD COLUMN calibration TEXT NOT NULL DEFAULT 'uncalibrated';
+        """,
+    ),
 ]

@@ -24,8 +24,8 @@ from services.market_data.synthetic import write_synthetic_market
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_PRICES = ROOT.parent / "shared" / "data" / "prices"
 SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
-# Without news the predictions are degraded and below the live BUY bar (0.6): lower it so the
-# ledgers have trades to compare. Restarts are quick, and no number of them makes a service FATAL.
+# A calibrated probability of 0.6 is rare on these banks: lower paper trading's bar so the ledgers
+# have trades to compare. Restarts are quick, and no number of them makes a service FATAL.
 CONFIG = """
 [paper_trading]
 buy_confidence = 0.35

@@ -1,10 +1,12 @@
 """Parity: ``tradingctl backtest`` (one process, no services) makes the same decisions and the same
 fills as ``tradingctl replay`` (the whole stack on a simulated clock) on the same prices, config
-and window: each signal's symbol, time, signal, confidence and score, each fill's time, quantity,
-price, commission and the cash after it. A difference fails with the first row that differs.
+and window: each signal's symbol, time, signal, calibrated probability, cases, confidence and score,
+each fill's time, quantity, price, commission and the cash after it. A difference fails with the
+first row that differs.
 
-Both run with paper trading's bar lowered so that fills happen: on 2019 Q1 of the shared prices
-(the replay the other acceptance tests share), and on a generated market.
+Both run with paper trading's bar lowered so that fills happen, and with the calibration the
+stack uses (the shipped one): on 2019 Q1 of the shared prices (the replay the other acceptance
+tests share), and on a generated market.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from tests.e2e.conftest import CONFIG, ROOT, SYMBOLS, Market, Run, environment, 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-SIGNAL_FIELDS = ("time", "symbol", "price_time", "signal", "regime", "price", "degraded")
+SIGNAL_FIELDS = ("time", "symbol", "price_time", "signal", "probability", "cases", "calibration")
+SIGNAL_FIELDS += ("regime", "price", "degraded")
 TRADE_FIELDS = ("time", "symbol", "side", "quantity", "price", "commission", "reason", "cash")
 
 
@@ -35,7 +38,9 @@ def backtest(market: Market, workdir: Path) -> Path:
     config = workdir / "extra.toml"
     config.write_text(CONFIG)
     out = workdir / "report"
-    command = tradingctl("backtest", market, "--config", str(config), "--out", str(out))
+    command = tradingctl(
+        "backtest", market, "--config", str(config), "--out", str(out), "--calibration", "shipped"
+    )
     env = environment(workdir / "home")
     done = subprocess.run(
         command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
@@ -90,6 +95,7 @@ def assert_parity(replayed: Path, tested: Path) -> dict[str, Any]:
         "excess",
         "predictions",
         "reliability",
+        "calibration",
     ):
         assert stack[part] == fast[part], part
     return fast
@@ -100,6 +106,8 @@ def test_the_backtest_makes_the_replays_decisions_and_fills(market: Market, undi
         report = assert_parity(undisturbed.home.root / "report", backtest(market, Path(temp)))
     assert report["trades"] > 0, "no fill to compare"
     assert report["signals"]["BUY"] > 0
+    # The shipped calibration was fitted on 2010-2022, these days included: the report says so.
+    assert report["calibration"]["in_sample"] is True
 
 
 @pytest.fixture(scope="module")

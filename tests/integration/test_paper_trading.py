@@ -147,9 +147,10 @@ async def test_signals_from_the_stream_apply_once(client: RpcClient, stack: Stac
     connection = aioredis.Redis.from_url(stack.redis.url)
     try:
         buy = signal_event(1, "CBA.AX", "BUY", 0.8)
-        await send(
-            connection, [buy, buy, signal_event(2, "WBC.AX", "BUY", 0.4), signal_event(3, "ANZ.AX", "HOLD")]
-        )
+        await send(connection, [
+            buy, buy, signal_event(2, "WBC.AX", "BUY", 0.4), signal_event(3, "ANZ.AX", "HOLD"),
+            signal_event(5, "NAB.AX", "BUY", None, 0), signal_event(6, "NAB.AX", "BUY", 0.9, 12),
+        ])  # fmt: skip
 
         async def applied() -> bool:
             return len(await client.call("get_positions")) == 1
@@ -167,7 +168,10 @@ async def test_signals_from_the_stream_apply_once(client: RpcClient, stack: Stac
     finally:
         await connection.aclose()
     metrics = await client.call("metrics")
-    assert metrics["counters"]["signals.ignored.low_confidence"] == 1
+    # Below the bar, uncalibrated, or with too few past cases behind it: no order.
+    assert metrics["counters"]["signals.ignored.low_probability"] == 1
+    assert metrics["counters"]["signals.ignored.uncalibrated"] == 1
+    assert metrics["counters"]["signals.ignored.few_cases"] == 1
     assert metrics["counters"]["signals.ignored.hold"] == 1
 
 
@@ -267,7 +271,7 @@ async def test_waiting_signals_count_and_a_bad_signal_does_not_block_the_stream(
     connection = aioredis.Redis.from_url(stack.redis.url)
     try:
         malformed = signal_event(10, "CBA.AX", "BUY")
-        malformed.data["confidence"] = "high"
+        malformed.data["probability"] = "high"
         await send(connection, [
             malformed, signal_event(11, "WBC.AX", "BUY"), signal_event(12, "WBC.AX", "BUY"),
             signal_event(13, "ANZ.AX", "BUY"), signal_event(14, "ANZ.AX", "SELL"),

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +20,9 @@ from services.base.redis_server import EmbeddedRedis
 from services.base.rpc import rpc_method
 from services.base.rpc.client import RpcClient
 from services.base.service import BaseService
+from services.prediction.calibration import decision_settings, fit
+from services.prediction.calibration_store import CalibrationStore, shipped
+from services.prediction.config import PredictionConfig
 from services.prediction.prediction_service import PredictionService
 from tests.conftest import eventually
 from tests.prediction_fakes import (
@@ -153,6 +157,17 @@ async def test_a_batch_is_stored_then_published_on_the_stream(
         "market": "2026-11-19",
     }
     assert cba["reasons"][0].startswith("combined score")
+    # Calibrated by the shipped calibration: the probability it gives a BUY in a bull market.
+    expected = shipped().estimate(
+        np.array([1]), np.array([cba["combined_score"]]), np.array([cba["coverage"]]),
+        np.array(["bull"], dtype=object),
+    )  # fmt: skip
+    assert cba["calibration"] == "calibration shipped"
+    assert cba["probability"] == round(float(expected.probability[0]), 4)
+    assert cba["cases"] == int(expected.cases[0]) > 0
+    low, high = cba["probability_interval"]
+    assert low < cba["probability"] < high
+    assert cba["reasons"][-1].startswith("calibration shipped: right")
 
     async def all_sent() -> bool:
         return len(await stream_entries(redis)) == 4
@@ -163,6 +178,10 @@ async def test_a_batch_is_stored_then_published_on_the_stream(
     assert signals["CBA.AX"]["id"] == cba["event_id"]
     assert signals["CBA.AX"]["data"]["signal"] == "BUY"
     assert signals["CBA.AX"]["data"]["price"] == 100.0
+    sent = signals["CBA.AX"]["data"]
+    assert (sent["probability"], sent["cases"], sent["calibration"]) == (
+        cba["probability"], cba["cases"], "calibration shipped",
+    )  # fmt: skip
 
     history = await client.call("get_prediction_history", {"symbol": "CBA.AX", "limit": 5})
     assert [h["id"] for h in history] == [cba["id"]]
@@ -177,7 +196,10 @@ async def test_a_batch_is_stored_then_published_on_the_stream(
         "BUY", 100.0, "2026-11-19", False,
     )  # fmt: skip
     assert brief["confidence"] == cba["confidence"]
+    assert (brief["probability"], brief["cases"]) == (cba["probability"], cba["cases"])
     health = await client.call("health")
+    assert health["checks"]["calibration"]["status"] == "ok"
+    assert health["calibration"] == "calibration shipped"
     assert health["prediction_count"] == 4
     assert health["cache_size"] == 4
     assert health["current_buy_rate"] == 1.0
@@ -405,3 +427,59 @@ async def test_the_alert_state_survives_a_restart_and_waits_for_redis(
         assert restarted.health_figures()["prediction_count"] == 4
     finally:
         await restarted.stop()
+
+
+def calibration_of(rate: float, size: int = 2000):  # type: ignore[no-untyped-def]
+    """A calibration for the default weights under which a rise follows ``rate`` of the cases."""
+    rng = np.random.default_rng(3)
+    move = np.where(rng.uniform(size=size) < rate, 0.01, -0.01)
+    made = fit(
+        rng.uniform(-0.5, 0.5, size), np.full(size, 0.8), np.full(size, "bull", dtype=object), move,
+        settings=decision_settings(PredictionConfig()), fitted={"from": "2019-01-01", "to": "2019-12-31"},
+    )  # fmt: skip
+    assert made is not None
+    return made
+
+
+async def test_a_newly_activated_calibration_is_used_without_a_restart_and_a_bad_one_refused(
+    client: RpcClient, home: TradingHome
+) -> None:
+    first = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    assert first["calibration"] == "calibration shipped"
+    store = CalibrationStore(home.models / "calibration")
+    store.activate(store.save(calibration_of(0.9), {}))
+    again = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    assert again["calibration"] == "calibration v1"
+    assert again["probability"] > 0.8
+    assert again["cached"] is False  # a new calibration is a new answer
+    # A version changed after it was saved, pointed at by hand: refused, v1 serves on.
+    bad = store.save(calibration_of(0.1), {})
+    (home.models / "calibration" / bad / "calibration.json").write_text("{}")
+    (home.models / "calibration" / "ACTIVE").write_text(f'{{"version": "{bad}"}}')
+    later = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    assert later["calibration"] == "calibration v1"
+    check = (await client.call("health"))["checks"]["calibration"]
+    assert check["status"] == "ok"
+    assert "a newer one was refused" in check["detail"]
+    assert "does not match its card" in check["detail"]
+
+
+async def test_without_a_calibration_that_fits_the_signal_says_uncalibrated(
+    home: TradingHome, redis: EmbeddedRedis, upstream: dict[str, BaseService]
+) -> None:
+    home.config_file.write_text("[prediction.weights]\ntechnical = 0.6\nsentiment = 0.2\nml = 0.2\n")
+    service = PredictionService(load_settings(home, env={"REDIS_URL": redis.url}))
+    await service.start()
+    try:
+        async with RpcClient(home.socket_path("prediction"), timeout=20) as rpc:
+            made = await rpc.call("generate_single_prediction", {"symbol": "CBA.AX"})
+            assert (made["probability"], made["cases"], made["calibration"]) == (None, 0, "uncalibrated")
+            assert made["reasons"][-1].startswith("uncalibrated")
+            health = await rpc.call("health")
+    finally:
+        await service.stop()
+    check = health["checks"]["calibration"]
+    assert check["status"] == "degraded"
+    assert "prediction.weights" in check["detail"]
+    assert "tradingctl calibrate" in check["detail"]
+    assert health["calibration"] == "uncalibrated"

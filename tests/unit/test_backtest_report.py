@@ -165,28 +165,41 @@ def test_a_run_without_trades_says_why(prices: Path) -> None:
     assert "No trade" in report_markdown(report)
 
 
-def test_the_reliability_table_says_whether_confidence_matches_what_happened() -> None:
+def test_the_reliability_table_says_whether_the_probability_matches_what_happened() -> None:
+    from datetime import date, timedelta
+
     from services.backtest.report import reliability
 
-    def signal(action: str, confidence: float) -> dict[str, Any]:
-        return {"signal": action, "confidence": confidence}
+    def signal(action: str, probability: float | None, week: int, combined: float = 0.1) -> dict[str, Any]:
+        day = date(2019, 1, 7) + timedelta(weeks=week)
+        return {
+            "signal": action,
+            "probability": probability,
+            "combined": combined,
+            "price_time": day.isoformat(),
+        }
 
-    # 0.7 said, right 7 times in 10: consistent. 0.9 said, right 2 times in 20: not. HOLDs and
-    # signals not yet judged are left out.
+    # Said 0.70, right 28 times in 40 (a week each): consistent. Said 0.90, right 4 in 40: not.
+    # A HOLD counts the way its score leans; uncalibrated and unjudged signals are left out.
     judged: list[tuple[dict[str, Any], float | None]] = [
-        *((signal("BUY", 0.7), 0.01 if i < 7 else -0.01) for i in range(10)),
-        *((signal("SELL", 0.9), -0.01 if i < 2 else 0.01) for i in range(20)),
-        (signal("HOLD", 0.75), 0.02),
-        (signal("BUY", 0.75), None),
+        *((signal("BUY", 0.7, i), 0.01 if i % 10 < 7 else -0.01) for i in range(40)),
+        *((signal("SELL", 0.9, i), -0.01 if i % 10 == 0 else 0.01) for i in range(40)),
+        *((signal("HOLD", 0.9, i, combined=-0.2), -0.01 if i % 10 == 0 else 0.01) for i in range(40)),
+        (signal("BUY", None, 1), 0.02),
+        (signal("BUY", 0.75, 2), None),
     ]
     table = orjson.loads(orjson.dumps(reliability(judged)))  # as report.json holds it
-    seven, nine = table["bins"]
-    assert (seven["from"], seven["count"], seven["hit_rate"], seven["consistent"]) == (0.7, 10, 0.7, True)
-    assert seven["ci95"][0] < 0.7 < seven["ci95"][1]
-    assert (nine["count"], nine["hit_rate"], nine["mean_confidence"], nine["consistent"]) == (
-        20,
+    seventy, ninety = table["bins"]
+    assert (seventy["from"], seventy["count"], seventy["weeks"], seventy["hit_rate"]) == (0.7, 40, 40, 0.7)
+    assert seventy["consistent"]
+    assert seventy["ci95"][0] < 0.7 < seventy["ci95"][1]
+    assert (ninety["count"], ninety["hit_rate"], ninety["mean_probability"], ninety["consistent"]) == (
+        80,
         0.1,
         0.9,
         False,
     )
-    assert table["consistent_bins"] == 1
+    # Resampling whole weeks (two signals share each) gives a wider interval than counting each alone.
+    width = ninety["ci95"][1] - ninety["ci95"][0]
+    assert width > ninety["ci95_independent"][1] - ninety["ci95_independent"][0]
+    assert (table["consistent_bins"], table["uncalibrated"]) == (1, 1)

@@ -59,7 +59,7 @@ def run(w: Walk, events: list[tuple[str, str, str | None]]) -> Book:
             w.end_of_day(now)
         else:
             assert what is not None
-            w.signal(Signal("CBA.AX", now, what, 0.9))
+            w.signal(Signal("CBA.AX", now, what, 0.9, 1000))
     return w.finish()
 
 
@@ -132,7 +132,7 @@ def test_a_buy_below_the_bar_is_ignored() -> None:
     w = walk(buy_confidence=0.95)
     book = run(w, [("2019-03-04", "17:00", "BUY"), ("2019-03-05", "10:00", "open")])
     assert book.fills == []
-    assert book.ignored == {"low_confidence": 1}
+    assert book.ignored == {"low_probability": 1}
 
 
 @pytest.mark.parametrize(

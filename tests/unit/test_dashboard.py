@@ -104,8 +104,22 @@ def full_snapshot(**changes: Any) -> DashboardSnapshot:
             "next_close_local": "2024-06-03T16:00:00+10:00",
         },
         "signals": [
-            {"symbol": "CBA.AX", "signal": "BUY", "confidence": 0.73, "ts": "2024-06-03T01:00:00+00:00"},
-            {"symbol": "WBC.AX", "signal": "SELL", "confidence": 0.61, "ts": "2024-06-03T01:00:00Z"},
+            {
+                "symbol": "CBA.AX",
+                "signal": "BUY",
+                "probability": 0.73,
+                "cases": 812,
+                "confidence": 0.4,
+                "ts": "2024-06-03T01:00:00+00:00",
+            },
+            {
+                "symbol": "WBC.AX",
+                "signal": "SELL",
+                "probability": None,
+                "cases": 0,
+                "confidence": 0.61,
+                "ts": "2024-06-03T01:00:00Z",
+            },
         ],
         "buy_rate": {"latest": 0.5, "rolling": 0.35, "threshold": 0.6, "alert_active": False},
         "portfolio": {
@@ -172,9 +186,10 @@ def test_render_shows_every_panel() -> None:
 
     buy = line_with(text, "CBA.AX")
     assert "BUY" in buy
-    assert "73%" in buy
+    assert "73% n=812" in buy  # the calibrated probability and its cases, not the confidence
     assert "11:00" in buy  # 01:00 UTC shown in Sydney time
     assert "SELL" in line_with(text, "WBC.AX")
+    assert "uncalibrated" in line_with(text, "WBC.AX")
     assert "latest 50%  rolling 35%  threshold 60%" in text
     assert "ALERT" not in line_with(text, "Buy rate")
 

@@ -19,20 +19,28 @@ HELD = Position("CBA.AX", 50, 500_000, 1500, Decimal(100), Decimal(95), Decimal(
 
 
 def signal(
-    action: str, confidence: float = 0.9, *, held: Position | None = None, waiting: str = ""
+    action: str,
+    probability: float | None = 0.9,
+    cases: int = 1000,
+    *,
+    held: Position | None = None,
+    waiting: str = "",
 ) -> object:
     sides = frozenset(waiting.split()) if waiting else frozenset()
-    return engine.on_signal("CBA.AX", action, confidence, held=held, waiting=sides, config=CONFIG)
+    return engine.on_signal("CBA.AX", action, probability, cases, held=held, waiting=sides, config=CONFIG)
 
 
-def test_a_confident_buy_with_nothing_open_places_an_order_sized_at_the_fill() -> None:
+def test_a_probable_buy_with_nothing_open_places_an_order_sized_at_the_fill() -> None:
     assert signal("BUY") == engine.NewOrder("BUY", None)
+    assert signal("BUY", CONFIG.buy_confidence, CONFIG.min_cases) == engine.NewOrder("BUY", None)
 
 
 @pytest.mark.parametrize(
     ("outcome", "reason"),
     [
-        (signal("BUY", 0.59), "low_confidence"),
+        (signal("BUY", 0.59), "low_probability"),
+        (signal("BUY", None), "uncalibrated"),
+        (signal("BUY", 0.9, CONFIG.min_cases - 1), "few_cases"),
         (signal("BUY", held=HELD), "already_open"),
         (signal("BUY", waiting="BUY"), "already_open"),
         (signal("SELL"), "nothing_open"),
@@ -45,7 +53,7 @@ def test_signals_that_place_nothing_say_why(outcome: object, reason: str) -> Non
 
 
 def test_a_signal_for_a_symbol_not_traded_is_ignored() -> None:
-    outcome = engine.on_signal("BHP.AX", "BUY", 0.9, held=None, waiting=frozenset(), config=CONFIG)
+    outcome = engine.on_signal("BHP.AX", "BUY", 0.9, 1000, held=None, waiting=frozenset(), config=CONFIG)
     assert outcome == engine.Ignored("unknown_symbol")
 
 
