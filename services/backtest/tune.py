@@ -9,7 +9,10 @@ after it is reported, so no figure comes from the days a choice was made on. Fol
 The back-test's inputs (prices, models trained on the bars before ``--from``, each symbol's
 decision inputs at every round) are worked out once and sent to every worker; each task is one
 setting on one window (``evaluate``), a pure function, so a serial run and a Dask cluster give the
-same results. Reported out of sample: return, Sharpe and drawdown against equal-weight
+same results. Each setting's signals are calibrated walk-forward (``calibrate.WalkForward``): the
+weights change the combined score, so each set of them has calibrations of its own, fitted on
+decisions from ``--from`` whose outcome was known before the day they serve; the BUY bar is a
+calibrated probability. Reported out of sample: return, Sharpe and drawdown against equal-weight
 buy-and-hold over the same days, the block-bootstrap interval of the excess return, and the
 deflated Sharpe ratio (Bailey and Lopez de Prado, 2014) for the number of settings tried.
 """
@@ -46,15 +49,19 @@ GRID_KEYS = frozenset(
     {f"prediction.weights.{name}" for name in ("technical", "sentiment", "ml")}
     | {f"prediction.{side}_threshold.{regime}" for side in ("buy", "sell") for regime in REGIMES}
     | {"prediction.high_volatility_confidence"}
-    | {f"paper_trading.{name}" for name in ("buy_confidence", "stop_loss", "take_profit", "position_size")}
+    | {
+        f"paper_trading.{name}"
+        for name in ("buy_confidence", "min_cases", "stop_loss", "take_profit", "position_size")
+    }
 )
-# 288 settings: the ML input's weight, the BUY thresholds, the BUY bar and the exits.
+# 288 settings: the ML input's weight, the BUY thresholds, the BUY bar (a calibrated probability)
+# and the exits.
 DEFAULT_GRID: dict[str, list[float]] = {
     "prediction.weights.ml": [0.1, 0.3, 0.5],
     "prediction.buy_threshold.bull": [0.10, 0.20],
     "prediction.buy_threshold.sideways": [0.15, 0.25],
     "prediction.buy_threshold.bear": [0.25, 0.35],
-    "paper_trading.buy_confidence": [0.30, 0.35, 0.40],
+    "paper_trading.buy_confidence": [0.55, 0.58, 0.61],
     "paper_trading.stop_loss": [0.05, 0.10],
     "paper_trading.take_profit": [0.10, 0.20],
 }

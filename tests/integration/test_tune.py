@@ -19,7 +19,8 @@ from services.market_data.synthetic import write_synthetic_market
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SYMBOLS = ("CBA.AX", "WBC.AX")
-GRID = {"paper_trading.buy_confidence": [0.30, 0.40], "prediction.buy_threshold.bull": [0.10, 0.20]}
+# The BUY bar is a calibrated probability; each ML weight has calibrations of its own.
+GRID = {"paper_trading.buy_confidence": [0.50, 0.55], "prediction.weights.ml": [0.3, 0.5]}
 
 
 def test_anchored_and_rolling_folds() -> None:
