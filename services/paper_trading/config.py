@@ -42,12 +42,13 @@ class PaperTradingConfig:
     max_daily_loss: float = 5_000.0
     commission_fixed: float = 10.0
     commission_rate: float = 0.001  # of trade value
-    stop_loss: float = 0.05
-    take_profit: float = 0.10
+    # Exits and the BUY bar as `tradingctl tune` chose them on the shared 2010-2022 prices.
+    stop_loss: float = 0.10
+    take_profit: float = 0.20
     slippage_bps: float = 5.0
     # A BUY signal opens a position only if its calibrated probability of being right is at least
     # buy_confidence, with at least min_cases past cases behind it; an uncalibrated one never does.
-    buy_confidence: float = 0.6
+    buy_confidence: float = 0.61
     min_cases: int = 200
     # Outside market hours an order waits for the next session's first price, or expires.
     after_hours: Literal["wait", "expire"] = "wait"

@@ -255,8 +255,8 @@ def fit(
 
 
 def _curve(combined: np.ndarray, coverage: np.ndarray, hits: np.ndarray, *, increasing: bool) -> Curve:
-    """Equal-count bins of the score, made monotone by isotonic regression, then the bins with the
-    same fitted value joined into one step."""
+    """Equal-count bins of the score, joined into steps until their shares, shrunk towards the base
+    rate, are monotone (isotonic regression)."""
     from sklearn.isotonic import IsotonicRegression  # type: ignore[import-untyped]
 
     bins = max(1, min(MAX_BINS, len(combined) // MIN_BIN_CASES))
@@ -267,22 +267,33 @@ def _curve(combined: np.ndarray, coverage: np.ndarray, hits: np.ndarray, *, incr
         right = small == 0 or (small < len(counts) - 1 and counts[small + 1] < counts[small - 1])
         del edges[small if right else small - 1]
         counts, hit_counts = _bin(combined, hits, edges)
-    rates = hit_counts / counts
-    values = IsotonicRegression(increasing=increasing).fit(
-        np.arange(len(counts)), rates, sample_weight=counts
-    )
-    fitted = values.predict(np.arange(len(counts)))
-    steps: list[tuple[float | None, int, int]] = []  # (lower edge, cases, hits)
-    for i in range(len(counts)):
-        if steps and abs(fitted[i] - fitted[i - 1]) < 1e-12:
-            lower, n, k = steps[-1]
-            steps[-1] = (lower, n + int(counts[i]), k + int(hit_counts[i]))
-        else:
-            steps.append((edges[i - 1] if i else None, int(counts[i]), int(hit_counts[i])))
+    # Steps of (lower edge, cases, hits): each bin at first. A step's share is shrunk towards the
+    # base rate; isotonic regression over the shares (weighted by cases) finds where they break
+    # the order, and steps given the same value are joined, until none are.
+    steps = [
+        (edges[i - 1] if i else None, int(n), int(k))
+        for i, (n, k) in enumerate(zip(counts, hit_counts, strict=True))
+    ]
     base = float(hits.mean())
+    while True:
+        shares = np.array([(k + PRIOR_CASES * base) / (n + PRIOR_CASES) for _lower, n, k in steps])
+        weights = np.array([n for _lower, n, _k in steps], dtype=float)
+        ordered = IsotonicRegression(increasing=increasing).fit_transform(
+            np.arange(len(steps)), shares, sample_weight=weights
+        )
+        joined: list[tuple[float | None, int, int]] = []
+        for i, step in enumerate(steps):
+            if joined and abs(ordered[i] - ordered[i - 1]) < 1e-12:
+                lower, n, k = joined[-1]
+                joined[-1] = (lower, n + step[1], k + step[2])
+            else:
+                joined.append(step)
+        if len(joined) == len(steps):
+            break
+        steps = joined
     return Curve(
         tuple(float(lower) for lower, _n, _k in steps[1:] if lower is not None),
-        tuple(round((k + PRIOR_CASES * base) / (n + PRIOR_CASES), 4) for _lower, n, k in steps),
+        tuple(round(float(share), 4) for share in shares),
         tuple(n for _lower, n, _k in steps),
         round(float(coverage.mean()), 4),
     )

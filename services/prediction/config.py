@@ -22,8 +22,10 @@ TECHNICAL_PARTS = ("rsi", "macd", "bollinger", "trend", "volume")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PredictionConfig:
     symbols: tuple[str, ...] = BIG4
+    # Weights and BUY thresholds as `tradingctl tune` chose them on the shared 2010-2022 prices
+    # (README, "Tuning"): chosen, not an edge; out of sample nothing beat buy-and-hold.
     weights: Mapping[str, float] = field(
-        default_factory=lambda: {"technical": 0.50, "sentiment": 0.20, "ml": 0.30}
+        default_factory=lambda: {"technical": 0.50, "sentiment": 0.20, "ml": 0.10}
     )
     technical_weights: Mapping[str, float] = field(
         default_factory=lambda: {"rsi": 0.25, "macd": 0.25, "bollinger": 0.15, "trend": 0.25, "volume": 0.10}
@@ -31,7 +33,7 @@ class PredictionConfig:
     # Stricter in a bear market; the service refuses to start if a BUY is unreachable in a regime
     # (decision.check_reachable).
     buy_threshold: Mapping[str, float] = field(
-        default_factory=lambda: {"bull": 0.20, "sideways": 0.25, "bear": 0.35}
+        default_factory=lambda: {"bull": 0.10, "sideways": 0.15, "bear": 0.25}
     )
     sell_threshold: Mapping[str, float] = field(
         default_factory=lambda: {"bull": 0.25, "sideways": 0.25, "bear": 0.20}

@@ -25,10 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_PRICES = ROOT.parent / "shared" / "data" / "prices"
 SYMBOLS = ("CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX")
 # A calibrated probability of 0.6 is rare on these banks: lower paper trading's bar so the ledgers
-# have trades to compare. Restarts are quick, and no number of them makes a service FATAL.
+# have trades to compare, with the design's exits (5% and 10%), which a quarter's moves reach.
+# Restarts are quick, and no number of them makes a service FATAL.
 CONFIG = """
 [paper_trading]
 buy_confidence = 0.35
+stop_loss = 0.05
+take_profit = 0.10
 
 [manager]
 backoff_initial_s = 0.2

@@ -27,11 +27,13 @@ OPEN = datetime(2026, 11, 20, 0, 30, tzinfo=UTC)  # Friday 11:30 in Sydney: the 
 SATURDAY = datetime(2026, 11, 21, 0, 30, tzinfo=UTC)
 MONDAY_OPEN = datetime(2026, 11, 23, 0, 5, tzinfo=UTC)  # Monday 11:05 in Sydney
 SESSION = "2026-11-20"
+# The design's exits, which these tests' prices are set against (the defaults are tuned).
+EXITS = "[paper_trading]\nstop_loss = 0.05\ntake_profit = 0.10\n"
 
 
 class Stack:
     def __init__(
-        self, home: TradingHome, redis: EmbeddedRedis, clock: SimulatedClock, config: str = ""
+        self, home: TradingHome, redis: EmbeddedRedis, clock: SimulatedClock, config: str = EXITS
     ) -> None:
         self.home, self.redis, self.clock = home, redis, clock
         home.config_file.write_text(config)
@@ -306,7 +308,7 @@ async def test_waiting_signals_count_and_a_bad_signal_does_not_block_the_stream(
 async def test_expire_mode_expires_orders_outside_market_hours(
     home: TradingHome, redis: EmbeddedRedis
 ) -> None:
-    stack = Stack(home, redis, SimulatedClock(SATURDAY), '[paper_trading]\nafter_hours = "expire"\n')
+    stack = Stack(home, redis, SimulatedClock(SATURDAY), EXITS + 'after_hours = "expire"\n')
     await stack.board.start()
     await stack.service.start()
     try:

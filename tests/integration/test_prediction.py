@@ -35,9 +35,11 @@ from tests.prediction_fakes import (
 )
 
 SYMBOLS = ["CBA.AX", "WBC.AX", "ANZ.AX", "NAB.AX"]
+# The decision's paths with thresholds of their own (the defaults are tuned).
 CONFIG = """
 [prediction]
 buy_rate_window = 4
+buy_threshold = { bull = 0.20, sideways = 0.25, bear = 0.35 }
 """
 
 
@@ -483,3 +485,22 @@ async def test_without_a_calibration_that_fits_the_signal_says_uncalibrated(
     assert "prediction.weights" in check["detail"]
     assert "tradingctl calibrate" in check["detail"]
     assert health["calibration"] == "uncalibrated"
+
+
+async def test_tradingctl_signals_shows_the_probability_its_cases_and_calibration(
+    client: RpcClient, home: TradingHome, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.management.service_manager import main
+
+    made = await client.call("generate_single_prediction", {"symbol": "CBA.AX"})
+    monkeypatch.setenv("TRADING_HOME", str(home.root))
+    assert await asyncio.to_thread(main, ["signals", "--symbol", "CBA.AX"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert "P(right)" in header
+    assert "cases" in header
+    low, high = made["probability_interval"]
+    assert f"{made['probability']:.1%}" in line
+    assert f"{low:.0%}-{high:.0%}" in line
+    assert str(made["cases"]) in line
+    assert line.split()[1:3] == ["CBA.AX", "BUY"]
+    assert line.endswith("calibration shipped")

@@ -15,6 +15,7 @@ from services.backtest.fast import BacktestPlan, prepare
 from services.backtest.report import read_prices
 from services.base.errors import ConfigError
 from services.market_data.synthetic import write_synthetic_market
+from services.prediction.config import PredictionConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -49,7 +50,8 @@ def test_a_grid_sweeps_only_what_it_may_and_each_setting_is_checked() -> None:
         tuning.configs(volume_only, {"prediction.buy_threshold.bear": 0.7})
     # One regime's threshold changes that one; the others stay as configured.
     prediction, _paper = tuning.configs({}, {"prediction.buy_threshold.bull": 0.15})
-    assert dict(prediction.buy_threshold) == {"bull": 0.15, "sideways": 0.25, "bear": 0.35}
+    defaults = PredictionConfig().buy_threshold
+    assert dict(prediction.buy_threshold) == {**defaults, "bull": 0.15}
 
 
 def test_the_deflated_sharpe_ratio_falls_with_the_settings_tried() -> None:

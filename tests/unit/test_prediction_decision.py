@@ -31,7 +31,11 @@ from tests.prediction_fakes import (
     sentiment_answer,
 )
 
-CONFIG = PredictionConfig()
+# The formula's behaviour, with weights and thresholds of its own (the defaults are tuned).
+CONFIG = PredictionConfig(
+    weights={"technical": 0.50, "sentiment": 0.20, "ml": 0.30},
+    buy_threshold={"bull": 0.20, "sideways": 0.25, "bear": 0.35},
+)
 # Bullish, as real data gets: an uptrend with momentum, RSI mid-range (technical score 57.65).
 MODERATE = {"rsi": 58.0, "histogram": 0.2, "percent_b": 0.7, "vs_sma50": 0.02, "vs_sma200": 0.05}
 
