@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from services.base.config import TradingHome
-from services.base.errors import OperationalError
+from services.base.errors import DependencyUnavailable, OperationalError
 
 T = TypeVar("T")
 
@@ -53,21 +53,61 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+# SQLite's result codes that say the file itself cannot be used, not that a statement is wrong.
+STORAGE_FAULTS = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY",
+                  "SQLITE_CANTOPEN")  # fmt: skip
+# Of those, the ones that can pass (space freed, permissions given back) once a write succeeds.
+PASSING_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+
+
+class StorageFailed(DependencyUnavailable):
+    """The database file cannot be used (damaged, disk full, read-only); ``data``: path, fault."""
+
+
 class Database:
     """One SQLite connection, used by one worker thread of its own, one operation at a time.
 
     Cancelling a task that waits on ``run`` does not stop the thread's work, so ``close`` waits
     for the operation in progress before closing the connection under it.
+
+    An operation that fails because of the file itself (``STORAGE_FAULTS``) raises
+    ``StorageFailed`` naming the file, and ``failure`` says what is wrong until a later write
+    succeeds (a damaged file stays failed); ``on_failure`` is told once per failure.
     """
 
     def __init__(self, path: Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
         self.path = path
         self.conn = connect(path, synchronous=synchronous)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{path.stem}")
+        self.failure: str | None = None
+        self._fault: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work(conn)`` off the event loop, after the operations submitted before it."""
-        return await asyncio.wrap_future(self._worker.submit(work, self.conn))
+        changes = self.conn.total_changes
+        try:
+            result = await asyncio.wrap_future(self._worker.submit(work, self.conn))
+        except sqlite3.DatabaseError as exc:
+            fault = getattr(exc, "sqlite_errorname", None) or ""
+            if not fault.startswith(STORAGE_FAULTS):
+                raise
+            self._failed(fault, exc)
+            raise StorageFailed(f"{self.path}: {exc} ({fault})", path=str(self.path), fault=fault) from exc
+        if (
+            self._fault is not None
+            and self._fault.startswith(PASSING_FAULTS)
+            and (self.conn.total_changes > changes)
+        ):
+            self.failure = self._fault = None  # a write went through: the file is usable again
+        return result
+
+    def _failed(self, fault: str, exc: sqlite3.DatabaseError) -> None:
+        first = self.failure is None
+        self._fault = fault
+        self.failure = f"{self.path}: {exc} ({fault})"
+        if first and self.on_failure is not None:
+            self.on_failure(self.failure)
 
     def close(self) -> None:
         """Drop queued operations, wait for the running one (milliseconds), close the connection."""
@@ -131,15 +171,19 @@ def registered_schemas() -> dict[str, Sequence[Migration]]:
 
 
 def init_all(home: TradingHome, schemas: dict[str, Sequence[Migration]] | None = None) -> dict[str, int]:
-    """Create or upgrade every registered service database; returns each one's schema version."""
+    """Create or upgrade every registered service database; returns each one's schema version.
+    Each is opened as its service opens it (``storage.open_service_database``): one this home
+    made that is now missing, empty, foreign or damaged is refused, not made anew."""
+    from services.base.storage import open_service_database
+
     schemas = registered_schemas() if schemas is None else schemas
     versions: dict[str, int] = {}
     for service, migrations in sorted(schemas.items()):
-        conn = connect(home.database(service))
+        database = open_service_database(home, service)
         try:
-            versions[service] = migrate(conn, migrations)
+            versions[service] = migrate(database.conn, migrations)
         finally:
-            conn.close()
+            database.close()
     return versions
 
 

@@ -50,6 +50,7 @@ class EventType(StrEnum):
     TRADE_EXECUTED = "trade_executed"
     POSITION_CLOSED = "position_closed"
     RISK_ALERT = "risk_alert"
+    STORAGE_ALERT = "storage_alert"
     TASK_COMPLETED = "task_completed"
     TASK_FAILED = "task_failed"
     SERVICE_STATE = "service_state"

@@ -22,12 +22,16 @@ from services.base.errors import ConfigError, OperationalError
 from services.base.logs import configure_logging
 from services.base.service import BaseService
 from services.base.simulation import Simulation
+from services.base.storage import DatabaseRefused
 
 log = logging.getLogger("services.runner")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+# Start-up refused for a reason a restart cannot change (a database that must not be opened): the
+# manager stops trying at once. Config errors (2) are the same.
+EXIT_NEEDS_HUMAN = 3
 
 
 def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
@@ -62,9 +66,14 @@ async def _serve(service_class: type[BaseService], settings: Settings, kwargs: d
         loop.add_signal_handler(signum, service.request_shutdown, signal.Signals(signum).name)
     try:
         await service.start()
-    except (OperationalError, ConfigError) as exc:
+    except OperationalError as exc:
         log.error("%s could not start: %s", service.name, exc)
-        return EXIT_FAILED
+        # Also on stderr: under the manager it is the last line of <service>.out, which
+        # `tradingctl start` and `status` show.
+        print(f"{service.name} could not start: {exc}", file=sys.stderr, flush=True)
+        if isinstance(exc, ConfigError):
+            return EXIT_CONFIG
+        return EXIT_NEEDS_HUMAN if isinstance(exc, DatabaseRefused) else EXIT_FAILED
     await service.wait_for_shutdown()
     await service.stop()
     return EXIT_OK

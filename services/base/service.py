@@ -29,6 +29,7 @@ from services.base.rpc import protocol
 from services.base.rpc.client import RpcClient
 from services.base.rpc.methods import MethodTable, rpc_method
 from services.base.rpc.server import PeerUid, RpcServer
+from services.base.storage import open_service_database
 from services.base.work import Work
 
 if TYPE_CHECKING:
@@ -151,7 +152,8 @@ class BaseService:
         self.home.create()
         if self.uses_database:
             log.info("opening database %s", self.home.database(self.name))
-            self.db = Database(self.home.database(self.name), synchronous=self.database_synchronous)
+            self.db = open_service_database(self.home, self.name, synchronous=self.database_synchronous)
+            self.db.on_failure = self._storage_failed
         if self._bus is None:
             self._bus = EventBus(
                 redis_url(self.settings),
@@ -265,6 +267,14 @@ class BaseService:
             self.stats.incr("tasks.failed")
             log.error("task %s failed", task.get_name(), exc_info=exc)
 
+    def _storage_failed(self, failure: str) -> None:
+        """The database file became unusable: say so in the log and as an alert (once)."""
+        log.error("database failing: %s", failure)
+        self.stats.incr("database.failures")
+        message = f"{self.name}: its database is failing: {failure}"
+        self.spawn(self.bus.publish(EventType.STORAGE_ALERT, {"service": self.name, "message": message}),
+                   name="storage-alert")  # fmt: skip
+
     def _set_state(self, new: ServiceState, *, reason: str | None = None) -> None:
         old = self.state
         if new not in _TRANSITIONS[old]:
@@ -310,6 +320,13 @@ class BaseService:
             "status": "ok" if self.state is ServiceState.RUNNING else "failing",
             "detail": str(self.state),
         }
+        if self.db is not None:
+            failure = self.db.failure
+            checks["database"] = (
+                {"status": "failing", "detail": failure[:500]}
+                if failure
+                else {"status": "ok", "detail": str(self.db.path)}
+            )
         return checks
 
     def health_figures(self) -> dict[str, Any]:

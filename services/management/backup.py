@@ -7,10 +7,12 @@ never a half-written one. Copying the files with ``cp`` would not be safe: the n
 still sit in ``<service>.db-wal``.
 
 A backup day is ``backups/YYYY-MM-DD/<service>.db``. Every database is first copied to a temporary
-file in that directory; only when all of them have been copied and checked are they renamed into
-place, so a failed backup leaves neither half files nor a mix of old and new copies, and a second
-run on the same day replaces the first one file by file, atomically. Old days are pruned only
-after a successful backup, so a string of failures never eats into the backups that are left.
+file in that directory and checked; the copies that pass are then renamed into place, so a backup
+never leaves half files, and a second run on the same day replaces the first one file by file,
+atomically. A database that cannot be copied or whose copy fails the check (a damaged file) is
+named in ``failed``, and its earlier copy, if any, is left as it was: one broken database never
+stops the others from being backed up. Old days are pruned only after a backup with no failure, so
+a string of failures never eats into the backups that are left.
 
 Synchronous on purpose: the manager runs it in a thread.
 """
@@ -45,11 +47,12 @@ class _Copy:
 
 
 def backup_databases(home: TradingHome, *, today: datetime.date, keep_days: int = 14) -> BackupResult:
-    """Copy every ``data/*.db`` into ``backups/<today>/``, then prune days older than ``keep_days``.
+    """Copy every ``data/*.db`` into ``backups/<today>/``, then, if none failed, prune days older
+    than ``keep_days``.
 
-    ``keep_days`` counts today: with 14, today and the 13 days before it are kept. Raises
-    ``OperationalError`` naming the database when one cannot be read or its copy fails the
-    integrity check; then no copy of this run is put in place and nothing is pruned.
+    ``keep_days`` counts today: with 14, today and the 13 days before it are kept. A database that
+    cannot be read or whose copy fails the integrity check is named in ``failed`` with the reason;
+    the others are backed up all the same.
     """
     if keep_days < 1:
         raise ValueError(f"keep_days must be at least 1, got {keep_days}")
@@ -57,24 +60,30 @@ def backup_databases(home: TradingHome, *, today: datetime.date, keep_days: int 
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     copies: list[_Copy] = []
+    failed: dict[str, str] = {}
     try:
         for source in _databases(home.data):
-            copies.append(_copy_database(source, directory))
+            try:
+                copies.append(_copy_database(source, directory))
+            except OperationalError as exc:
+                failed[source.name] = exc.message
     except BaseException:
         for copy in copies:
             _remove_with_side_files(copy.temporary)
-        if created:
-            with contextlib.suppress(OSError):
-                directory.rmdir()  # only if empty: never delete anything else
         raise
     for copy in copies:
         os.replace(copy.temporary, copy.final)
-    _fsync_directory(directory)
+    if created and not copies:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty: never delete anything else
+    else:
+        _fsync_directory(directory)
     return BackupResult(
         directory=str(directory),
         files=[copy.final.name for copy in copies],
         bytes=sum(copy.final.stat().st_size for copy in copies),
-        removed=prune_backups(home.backups, today=today, keep_days=keep_days),
+        removed=[] if failed else prune_backups(home.backups, today=today, keep_days=keep_days),
+        failed=failed,
     )
 
 
@@ -148,7 +157,7 @@ def _sqlite_backup(source: Path, target: Path) -> None:
                 dst.close()
         finally:
             src.close()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise OperationalError(f"backup of {source.name} failed: {exc}", database=str(source)) from exc
     if problems != ["ok"]:
         raise OperationalError(

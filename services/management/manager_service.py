@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("services.manager")
 
 LOCK_NAME = "manager.lock"
-ALERT_TYPES = (EventType.BUY_RATE_ALERT, EventType.RISK_ALERT)
+ALERT_TYPES = (EventType.BUY_RATE_ALERT, EventType.RISK_ALERT, EventType.STORAGE_ALERT)
 
 
 class AlreadyRunning(OperationalError):
@@ -526,6 +526,8 @@ class ManagerService(BaseService):
             backup.backup_databases, self.home, today=today, keep_days=self.config.backup_keep_days
         )
         log.info("backup written to %s (%d files)", result["directory"], len(result["files"]))
+        for name, reason in result["failed"].items():
+            log.error("backup of %s failed: %s", name, reason)
         return result
 
 

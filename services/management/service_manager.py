@@ -352,8 +352,10 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {name}")
     if result["removed"]:
         print(f"removed old backups: {', '.join(result['removed'])}")
+    for name, reason in result.get("failed", {}).items():
+        print(f"NOT backed up: {name}: {reason}", file=sys.stderr)
     print(restore_hint(settings.home))
-    return EXIT_OK
+    return EXIT_FAILED if result.get("failed") else EXIT_OK
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:

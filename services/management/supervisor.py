@@ -34,6 +34,8 @@ log = logging.getLogger("services.supervisor")
 
 S = ProcessState
 _HEALTHY = ("ok", "degraded")
+# Exit statuses of a start-up that no restart can fix (runner.EXIT_CONFIG, runner.EXIT_NEEDS_HUMAN).
+NEEDS_HUMAN_CODES = (2, 3)
 
 
 class Prober(Protocol):
@@ -73,6 +75,8 @@ class Child:
     # Size of the output file when the current process started: older lines are not its own.
     output_offset: int = 0
     failures: deque[datetime] = field(default_factory=deque)
+    # The last start-up ended with an exit status that says no restart will help.
+    needs_human: bool = False
     runner: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -176,6 +180,7 @@ class Supervisor:
         while True:
             error = None if adopted else await self._attempt_start(child)
             if error is None:
+                child.last_error = None  # healthy again: an old error no longer describes it
                 if not adopted:
                     child.running_since = self.clock.now()
                     self._set(child, S.RUNNING, "healthy")
@@ -184,6 +189,9 @@ class Supervisor:
             else:
                 await self._terminate(child, graceful=False)
             child.last_error = error
+            if child.needs_human:
+                self._set(child, S.FATAL, f"{error}; not restarted: a restart cannot fix this")
+                return
             if self._record_failure(child):
                 self._set(child, S.FATAL, f"{error}; {self._failures_text(child)}")
                 return
@@ -202,6 +210,7 @@ class Supervisor:
         output = self.output_path(spec.name)
         child.output_offset = output.stat().st_size if output.exists() else 0
         child.handle = None  # the previous process's pid may belong to someone else by now
+        child.needs_human = False
         try:
             child.handle = self.control.spawn(spec.name, spec.command, output)
         except OSError as exc:
@@ -212,6 +221,7 @@ class Supervisor:
         while True:
             if not child.handle.alive():
                 code = await child.handle.wait()
+                child.needs_human = code in NEEDS_HUMAN_CODES
                 return f"{_exit_text(code)} during start-up{self._output_hint(child)}"
             try:
                 status = await self.prober.health(spec)
@@ -424,7 +434,7 @@ class Supervisor:
         await self.stop()
 
 
-def last_line(path: Path, *, since: int = 0, limit: int = 4096) -> str | None:
+def last_line(path: Path, *, since: int = 0, limit: int = 4096, width: int = 600) -> str | None:
     """The last non-empty line written after offset ``since`` (often the exception of a crash)."""
     try:
         with path.open("rb") as handle:
@@ -435,7 +445,7 @@ def last_line(path: Path, *, since: int = 0, limit: int = 4096) -> str | None:
     except OSError:
         return None
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else None
+    return lines[-1][:width] if lines else None
 
 
 def _adoption(name: str, pid: int, action: AdoptionAction, reason: str) -> Adoption:

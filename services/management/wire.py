@@ -98,6 +98,7 @@ class BackupResult(TypedDict):
     files: list[str]
     bytes: int
     removed: list[str]
+    failed: dict[str, str]  # database file -> why it could not be backed up
 
 
 class StartResult(TypedDict):

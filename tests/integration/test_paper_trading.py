@@ -356,3 +356,31 @@ async def test_fills_and_the_equity_curve_are_read_a_page_at_a_time(client: RpcC
     with pytest.raises(InvalidParams) as caught:
         await client.call("get_fills", {"limit": 0})
     assert caught.value.data["field"] == "limit"
+
+
+async def test_an_unwritable_database_fails_trades_naming_the_file_alerts_once_and_loses_nothing(
+    client: RpcClient, stack: Stack
+) -> None:
+    alerts = await stack.events("storage_alert")
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 10})
+    database = stack.service.db
+    assert database is not None
+    database.conn.execute("PRAGMA query_only = ON")  # every write now fails: SQLITE_READONLY
+    path = str(stack.home.database("paper_trading"))
+    for _ in range(3):
+        with pytest.raises(DependencyUnavailable) as caught:
+            await client.call("execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 10})
+        assert path in caught.value.message
+    health = await client.call("health")
+    assert health["status"] == "failing"
+    assert path in health["checks"]["database"]["detail"]
+    (alert,) = await collect(alerts, 1)
+    assert alert["data"]["service"] == "paper_trading"
+    assert path in alert["data"]["message"]
+    # Writable again: the next trade goes through and health with it; the first trade is intact.
+    database.conn.execute("PRAGMA query_only = OFF")
+    await client.call("execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 10})
+    assert (await client.call("health"))["checks"]["database"]["status"] == "ok"
+    held = {p["symbol"]: p["quantity"] for p in await client.call("get_positions")}
+    assert held == {"CBA.AX": 10, "WBC.AX": 10}
+    assert (await client.call("get_portfolio_status"))["reconciled"]

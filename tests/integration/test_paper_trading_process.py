@@ -7,17 +7,20 @@ import asyncio
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from services.base.config import TradingHome
 from services.base.redis_server import EmbeddedRedis
-from tests.conftest import ServiceProcess
+from tests.conftest import ROOT, ServiceProcess, service_env
 from tests.paper_fakes import send, signal_event
 
 FAKES = Path(__file__).resolve().parents[1] / "paper_fakes.py"
@@ -119,3 +122,27 @@ async def test_a_killed_process_resumes_to_the_same_ledger(home: TradingHome, re
     starting, cash, realised, commissions = killed["account"]
     cost = sum(row[2] for row in killed["positions"])
     assert starting + realised - commissions == cash + cost
+
+
+@pytest.mark.parametrize("damage", ["empty", "corrupt"])
+def test_a_database_emptied_or_damaged_stops_start_up_naming_it_and_is_left_as_it_is(
+    home: TradingHome, damage: str
+) -> None:
+    from services.base.storage import open_service_database
+
+    open_service_database(home, "paper_trading").close()  # the first start made it
+    path = home.database("paper_trading")
+    path.write_bytes(b"" if damage == "empty" else b"garbage, not a database page " * 300)
+    before = path.read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "services.paper_trading"],
+        env=service_env(home),
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 3  # no restart can fix it: the manager goes FATAL at once
+    said = done.stderr.decode()
+    assert f"paper_trading could not start: {path}" in said
+    assert str(home.backups) in said  # and what to do
+    assert path.read_bytes() == before  # no fresh $100,000 account in its place

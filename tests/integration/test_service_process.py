@@ -35,7 +35,8 @@ async def test_builtin_methods(sample_service: ServiceProcess) -> None:
         assert health["service"] == "sample"
         assert health["pid"] == sample_service.process.pid
         assert health["memory_rss"] > 0
-        assert set(health["checks"]) == {"redis", "state"}
+        assert set(health["checks"]) == {"redis", "state", "database"}  # the sample has a database
+        assert health["checks"]["database"]["status"] == "ok"
         assert health["uptime_s"] >= 0
 
         discovered = await client.call("rpc.discover")

@@ -12,7 +12,6 @@ import pytest
 
 from services.base.config import TradingHome
 from services.base.db import connect, transaction
-from services.base.errors import OperationalError
 from services.management.backup import backup_databases, prune_backups, restore_hint
 
 TODAY = datetime.date(2026, 11, 21)
@@ -181,31 +180,32 @@ def test_prune_keeps_future_days_and_rejects_nonsense(home: TradingHome) -> None
         backup_databases(home, today=TODAY, keep_days=0)
 
 
-def test_corrupt_source_fails_the_backup_and_leaves_earlier_ones(home: TradingHome) -> None:
+def test_a_corrupt_database_is_named_and_the_others_are_backed_up(home: TradingHome) -> None:
     make_database(home, "alpha", 20).close()
     yesterday = TODAY - datetime.timedelta(days=1)
     backup_databases(home, today=yesterday)
-    earlier = backup_databases(home, today=TODAY)
-    old_copies = {p: p.read_bytes() for p in home.backups.rglob("*.db")}
+    backup_databases(home, today=TODAY)
     (home.data / "x.db").write_bytes(b"this is not an SQLite database " * 200)
-    # An old day that would be pruned by a successful run stays while backups fail.
+    (home.backups / TODAY.isoformat() / "x.db").write_bytes(b"an earlier, good copy")
+    # An old day that would be pruned by a run without failures stays while one fails.
     stale = home.backups / "2026-01-01"
     stale.mkdir()
 
-    with pytest.raises(OperationalError, match=r"x\.db"):
-        backup_databases(home, today=TODAY, keep_days=3)
+    result = backup_databases(home, today=TODAY, keep_days=3)
 
-    assert {p: p.read_bytes() for p in home.backups.rglob("*.db")} == old_copies
-    assert sorted(p.name for p in (home.backups / TODAY.isoformat()).iterdir()) == earlier["files"]
+    assert result["files"] == ["alpha.db"]
+    assert list(result["failed"]) == ["x.db"]
+    assert "x.db" in result["failed"]["x.db"]
+    assert (home.backups / TODAY.isoformat() / "x.db").read_bytes() == b"an earlier, good copy"
+    assert result["removed"] == []
     assert stale.is_dir()
     assert leftovers(home.backups) == []
 
 
-def test_failed_first_backup_of_the_day_leaves_no_directory(home: TradingHome) -> None:
-    make_database(home, "alpha", 20).close()
+def test_a_failed_first_backup_of_the_day_leaves_no_directory(home: TradingHome) -> None:
     (home.data / "x.db").write_bytes(b"\0garbage" * 1000)
-    with pytest.raises(OperationalError, match=r"x\.db"):
-        backup_databases(home, today=TODAY)
+    result = backup_databases(home, today=TODAY)
+    assert list(result["failed"]) == ["x.db"]
     assert list(home.backups.iterdir()) == []
 
 

@@ -63,7 +63,8 @@ def append_line(path: Path, line: str) -> None:
 class Behaviour:
     """How the processes of one service behave; a test may change it between attempts."""
 
-    crash_at_start: bool = False  # exits with code 1 as soon as it is spawned
+    crash_at_start: bool = False  # exits with ``crash_code`` as soon as it is spawned
+    crash_code: int = 1
     spawn_error: OSError | None = None  # spawn raises this (say, a missing executable)
     probes_before_healthy: int = 0  # health probes refused before the first "ok"
     healthy: bool = True  # False: health answers "failing" for ever
@@ -184,7 +185,7 @@ class FakeControl:
         if behaviour.output is not None:
             append_line(output, behaviour.output)
         if behaviour.crash_at_start:
-            process.exit(1)
+            process.exit(behaviour.crash_code)
         return process
 
     def adopt(self, pid: int) -> ProcessHandle | None:
@@ -590,6 +591,35 @@ async def test_repeated_start_up_crashes_make_a_service_fatal_until_a_user_start
     await rig.running("d")
 
 
+@pytest.mark.parametrize("code", [2, 3])
+async def test_a_start_up_refused_for_a_reason_no_restart_fixes_is_fatal_at_once(
+    make_rig: MakeRig, code: int
+) -> None:
+    rig = make_rig()
+    reason = "d could not start: /h/data/d.db is empty, but this home created it on 2026-11-01"
+    rig.control.behaviour["d"] = Behaviour(crash_at_start=True, crash_code=code, output=reason)
+
+    result = await rig.drive(rig.sup.start())
+
+    assert result["states"]["d"] == "fatal"
+    assert rig.control.spawn_attempts["d"] == 1  # not four more tries
+    assert result["failed"] == {"d": f"exited with code {code} during start-up: {reason}"}
+    assert rig.reasons("d", S.FATAL) == [
+        f"exited with code {code} during start-up: {reason}; not restarted: a restart cannot fix this"
+    ]
+    assert rig.clock.pending_timers == 0
+
+
+async def test_the_last_error_clears_once_the_service_is_healthy_again(make_rig: MakeRig) -> None:
+    rig = make_rig()
+    await rig.drive(rig.sup.start())
+    await rig.crash("a", output="ZeroDivisionError: division by zero")
+    assert rig.sup.children["a"].last_error is not None
+    await rig.running("a")
+    assert rig.sup.children["a"].last_error is None
+    assert rig.sup.children["a"].restarts == 1  # the crash is still counted
+
+
 @pytest.mark.parametrize(("window_s", "fatal"), [(300.0, False), (1000.0, True)])
 async def test_only_failures_within_the_window_count_towards_fatal(
     make_rig: MakeRig, window_s: float, fatal: bool
@@ -949,10 +979,10 @@ def test_last_line_is_the_last_non_empty_line_written_after_the_offset(tmp_path:
 def test_last_line_reads_only_the_tail_and_caps_the_length(tmp_path: Path) -> None:
     output = tmp_path / "d.out"
     output.write_text("first\n" + "x" * 10_000 + "\n" + "y" * 500)
-    assert last_line(output) == "y" * 300
+    assert last_line(output, width=300) == "y" * 300
     assert last_line(output, since=0, limit=100) == "y" * 100  # only the last 100 bytes are read
     output.write_text("only line\n" + "z" * 5000 + "\n\n")
-    assert last_line(output, limit=4096) == "z" * 300
+    assert last_line(output, limit=4096) == "z" * 600
 
 
 def test_last_line_of_a_missing_or_empty_file_is_none(tmp_path: Path) -> None:
