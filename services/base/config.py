@@ -124,10 +124,29 @@ class RedisConfig:
 class RpcConfig:
     max_message_bytes: int = 1024 * 1024
     call_timeout_s: float = 10.0
-    max_in_flight_per_connection: int = 256
-    max_batch_size: int = 1000
+    max_in_flight_per_connection: int = 256  # a batch's calls count each
+    max_in_flight_total: int = 2048  # over every connection of a service
+    max_batch_size: int = 256
+    max_connections: int = 256
+    # A connection that sends nothing whole this long after connecting, or keeps a partial line
+    # this long, is closed.
+    silent_timeout_s: float = 30.0
     drain_timeout_s: float = 5.0
     connect_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.max_message_bytes <= 256 * 1024 * 1024:
+            raise ValueError("max_message_bytes must be between 1024 and 268435456")
+        if not 0 < self.call_timeout_s <= 3600 or not 0 < self.silent_timeout_s <= 3600:
+            raise ValueError("call_timeout_s and silent_timeout_s must be above 0 and at most 3600")
+        if not 0 <= self.drain_timeout_s <= 600:
+            raise ValueError("drain_timeout_s must be between 0 and 600")
+        if self.max_in_flight_per_connection < 1 or self.max_batch_size < 1 or self.connect_attempts < 1:
+            raise ValueError("max_in_flight_per_connection, max_batch_size and connect_attempts must be >= 1")
+        if self.max_in_flight_total < self.max_in_flight_per_connection:
+            raise ValueError("max_in_flight_total must be at least max_in_flight_per_connection")
+        if self.max_connections < 8:
+            raise ValueError("max_connections must be at least 8 (the manager and the services need some)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

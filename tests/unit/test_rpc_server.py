@@ -68,6 +68,23 @@ class Target:
         await asyncio.sleep(seconds)
         return tag
 
+    @rpc_method(idempotent=True)
+    async def slow_read(self, tag: str) -> str:
+        """A read that waits for the gate; records whether it was cancelled."""
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.calls.append(("cancelled", tag))
+            raise
+        return tag
+
+    @rpc_method
+    async def slow_change(self, tag: str) -> str:
+        """A change that waits for the gate; records that it finished."""
+        await self.gate.wait()
+        self.calls.append(("changed", tag))
+        return tag
+
     @rpc_method
     def crash(self) -> None:
         raise RuntimeError("secret detail 7f3a: a bug inside a method")
@@ -290,6 +307,8 @@ async def test_only_marked_methods_are_callable(peer: Peer, target: Target) -> N
         "wait_gate",
         "open_gate",
         "pause",
+        "slow_read",
+        "slow_change",
         "crash",
         "refuse",
         "custom.name",
@@ -640,7 +659,7 @@ async def _connect_many(path: Path, count: int, chunk: int = 250) -> list[Peer]:
 
 
 async def test_a_thousand_concurrent_connections(make_server: ServerFactory, target: Target) -> None:
-    server = await make_server()
+    server = await make_server(config=RpcConfig(max_connections=1000))
     raise_open_file_limit()
     count = 1000
     peers = await _connect_many(server.socket_path, count)
@@ -722,3 +741,109 @@ def test_on_uvloop(home: TradingHome, scenario: Callable[[ServerFactory, Target]
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+# -- bounds: no client can grow our memory or starve the others -----------------------------------
+
+
+async def test_a_batch_counts_each_call_and_one_larger_than_the_room_is_refused(
+    make_server: ServerFactory, target: Target
+) -> None:
+    server = await make_server(config=RpcConfig(max_in_flight_per_connection=4))
+    peer = await Peer.connect(server.socket_path)
+    try:
+        await peer.send_json([request("wait_gate", {"tag": str(n)}, request_id=n) for n in range(3)])
+        await eventually(lambda: server.in_flight == 3)  # three calls, not one batch
+        await peer.send_json([request("wait_gate", {"tag": "x"}, request_id=n) for n in (10, 11)])
+        refused = await peer.recv()
+        assert refused["error"]["code"] == -32005
+        assert "2 more do not fit in the room for 1" in refused["error"]["message"]
+        assert target.blocked == 3  # nothing of the refused batch ran
+        assert (await peer.call("add", {"a": 1, "b": 2}, request_id=99))["result"] == 3  # sync: answered
+        target.gate.set()
+        answered = await peer.recv()
+        assert sorted(a["id"] for a in answered) == [0, 1, 2]
+        await eventually(lambda: server.in_flight == 0)
+    finally:
+        await peer.close()
+
+
+async def test_past_the_servers_total_a_call_is_refused_and_health_like_calls_still_answer(
+    make_server: ServerFactory, target: Target
+) -> None:
+    server = await make_server(config=RpcConfig(max_in_flight_per_connection=2, max_in_flight_total=2))
+    first, second = await Peer.connect(server.socket_path), await Peer.connect(server.socket_path)
+    try:
+        await first.send_json(request("wait_gate", {"tag": "a"}, request_id=1))
+        await second.send_json(request("wait_gate", {"tag": "b"}, request_id=1))
+        await eventually(lambda: server.in_flight == 2)
+        busy = await second.call("wait_gate", {"tag": "c"}, request_id=2)
+        assert busy["error"]["code"] == -32005
+        assert "rpc.max_in_flight_total 2" in busy["error"]["message"]
+        assert (await second.call("add", {"a": 2, "b": 2}, request_id=3))["result"] == 4
+        target.gate.set()
+        assert (await first.recv())["result"] == "a"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_one_connection_over_the_limit_is_told_why_and_closed(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server(config=RpcConfig(max_connections=8))
+    peers = [await Peer.connect(server.socket_path) for _ in range(8)]
+    try:
+        await eventually(lambda: server.connection_count == 8)
+        extra = await Peer.connect(server.socket_path)
+        told = orjson.loads(await extra.read_to_eof())
+        await extra.close()
+        assert told["error"]["code"] == -32005
+        assert "rpc.max_connections" in told["error"]["message"]
+        assert "refused 1 connections: 8 open" in caplog.text
+        await peers.pop().close()
+        await eventually(lambda: server.connection_count == 7)
+        again = await Peer.connect(server.socket_path)
+        assert (await again.call("add", {"a": 1, "b": 1}))["result"] == 2
+        peers.append(again)
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
+async def test_silent_connections_and_partial_lines_are_closed_and_talking_ones_kept(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(config=RpcConfig(silent_timeout_s=0.2))
+    silent = await Peer.connect(server.socket_path)
+    partial = await Peer.connect(server.socket_path)
+    talking = await Peer.connect(server.socket_path)
+    try:
+        partial.writer.write(b'{"jsonrpc": "2.0", "method": "add", "par')
+        await partial.writer.drain()
+        assert (await talking.call("add", {"a": 1, "b": 1}))["result"] == 2
+        assert await silent.read_to_eof() == b""  # closed by the server
+        assert await partial.read_to_eof() == b""
+        await asyncio.sleep(0.5)  # well past the limit: a connection that spoke is kept
+        assert (await talking.call("add", {"a": 2, "b": 2}))["result"] == 4
+        assert server.connection_count == 1
+    finally:
+        for peer in (silent, partial, talking):
+            await peer.close()
+
+
+async def test_a_client_that_goes_away_has_its_reads_cancelled_and_its_changes_finished(
+    make_server: ServerFactory, target: Target
+) -> None:
+    server = await make_server()
+    peer = await Peer.connect(server.socket_path)
+    await peer.send_json(
+        request("slow_read", {"tag": "r"}, request_id=1), request("slow_change", {"tag": "c"}, request_id=2)
+    )
+    await eventually(lambda: server.in_flight == 2)
+    await peer.close()
+    await eventually(lambda: server.in_flight == 1)  # the read is cancelled at once
+    assert ("cancelled", "r") in target.calls
+    target.gate.set()
+    await eventually(lambda: server.in_flight == 0)
+    assert ("changed", "c") in target.calls  # the change ran to the end

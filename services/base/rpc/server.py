@@ -3,8 +3,20 @@
 One ``_Connection`` protocol object per client. Each complete line is parsed and dispatched at
 once; async methods run as their own tasks, so a connection carries many calls in flight and
 answers them in whatever order they finish. Synchronous methods (in-memory answers such as
-``health``) are called inline. Reading pauses while a connection has too many calls in flight
-or its peer is not reading its answers, so a misbehaving client cannot grow our memory.
+``health``) are called inline, so a busy server still answers them at once.
+
+Bounds, so that no client can grow our memory or starve the others:
+
+- every call counts toward ``max_in_flight_per_connection``, a batch's calls each: reading pauses
+  at the limit, and a batch larger than the room left is refused whole (-32005);
+- at most ``max_in_flight_total`` calls in flight over all connections; past it a call is refused
+  (-32005) and synchronous methods still answer;
+- at most ``max_connections`` connections; one more is told why (-32005) and closed, and it is
+  logged;
+- a connection that sends no complete request within ``silent_timeout_s`` of connecting, or keeps
+  a partial line that long, is closed, and its buffer is given back;
+- when a client disconnects, its idempotent calls (reads) still running are cancelled; the others
+  run to the end, as a change half made is worse than one made for nobody.
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import os
+import select
 import socket
 import stat
 import time
@@ -47,6 +61,9 @@ _NOT_AN_OBJECT = encode(
     failure(None, ErrorCode.INVALID_REQUEST, "invalid request: expected an object or array")
 )
 _EMPTY_BATCH = encode(failure(None, ErrorCode.INVALID_REQUEST, "invalid request: empty batch"))
+_TOO_MANY_CONNECTIONS = encode(
+    failure(None, ErrorCode.RATE_LIMITED, "too many connections to this service (rpc.max_connections)")
+)
 
 PeerUid = Callable[[Any], "int | None"]
 
@@ -83,6 +100,10 @@ class RpcServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._socket_inode: int | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.calls = 0  # calls in flight over every connection
+        self._refused_since_log = 0
+        self._refusal_logged_at = -math.inf
 
     @property
     def connection_count(self) -> int:
@@ -90,7 +111,7 @@ class RpcServer:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(connection.in_flight) for connection in self._connections)
+        return self.calls
 
     async def start(self) -> None:
         check_socket_room(self.socket_path.parent, self.socket_path.name)
@@ -101,12 +122,16 @@ class RpcServer:
         )
         os.chmod(self.socket_path, 0o600)
         self._socket_inode = self.socket_path.stat().st_ino
+        self._sweeper = loop.create_task(self._sweep(), name="rpc-sweeper")
 
     async def close(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let calls in flight finish (bounded), then close every connection."""
         if self._server is None:
             return
         self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         timeout = self.config.drain_timeout_s if drain_timeout is None else drain_timeout
         pending = {task for connection in self._connections for task in connection.in_flight}
         if pending:
@@ -120,6 +145,38 @@ class RpcServer:
             connection.close()
         self._server = None
         self._unlink_own_socket()
+
+    async def _sweep(self) -> None:
+        """Close connections that stay silent, or hold a partial line, for ``silent_timeout_s``."""
+        limit = self.config.silent_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = loop.time()
+            stale = [
+                c for c in self._connections if c.silent_since is not None and now - c.silent_since > limit
+            ]
+            for connection in stale:
+                connection.close()
+            if stale:
+                self.metrics.incr("rpc.silent_closed", len(stale))
+                log.warning(
+                    "closed %d connections silent or holding a partial line for %gs", len(stale), limit
+                )
+
+    def refused_connection(self) -> None:
+        """Count a connection refused for the limit; log at most every 10 s, with the count."""
+        self.metrics.incr("rpc.connections_refused")
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= 10.0:
+            log.warning(
+                "refused %d connections: %d open, the limit (rpc.max_connections)",
+                self._refused_since_log,
+                len(self._connections),
+            )
+            self._refused_since_log = 0
+            self._refusal_logged_at = now
 
     def _unlink_own_socket(self) -> None:
         # Only remove the socket we created, not one a newer instance put in its place.
@@ -235,11 +292,16 @@ class _Connection(asyncio.Protocol):
         self.max_in_flight = server.config.max_in_flight_per_connection
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.in_flight: set[asyncio.Task[None]] = set()
+        # Each task answers one call or one batch: (calls it holds, cancel it if the client goes).
+        self.in_flight: dict[asyncio.Task[None], tuple[int, bool]] = {}
+        self.calls = 0
         self.closing = False
         self.eof = False
         self.reading_paused = False
         self.writing_paused = False
+        # Since when the connection has sent nothing whole (None once it has, unless a partial
+        # line then waits): the sweeper closes it after ``silent_timeout_s``.
+        self.silent_since: float | None = asyncio.get_running_loop().time()
 
     # -- transport events -----------------------------------------------------------------
 
@@ -256,19 +318,46 @@ class _Connection(asyncio.Protocol):
             self._write(protocol.UNAUTHORIZED)
             transport.close()
             return
+        if len(self.server._connections) >= self.server.config.max_connections:
+            self.server.refused_connection()
+            self.closing = True
+            self._write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
         self.server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server._connections.discard(self)
-        self.buffer.clear()
+        self.buffer = bytearray()  # given back, not just emptied
+        self._cancel_reads()  # nobody will read these answers: stop the reads; changes run to the end
 
     def eof_received(self) -> bool:
         # The peer finished sending: answer what is in flight, then close. A partial last line
         # (no newline) is not a request and is dropped.
         self.eof = True
-        self.buffer.clear()
+        self.buffer = bytearray()
+        self.silent_since = None
+        if self.in_flight and self._peer_gone():
+            self._cancel_reads()  # it closed, not just finished sending: nobody reads the answers
         return bool(self.in_flight)  # True keeps the transport open for the answers
+
+    def _peer_gone(self) -> bool:
+        """Whether the peer closed its end entirely (not only its writing half)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLHUP)
+            return any(event & select.POLLHUP for _fd, event in poller.poll(0))
+        except (OSError, ValueError):
+            return False
+
+    def _cancel_reads(self) -> None:
+        for task, (_calls, cancellable) in list(self.in_flight.items()):
+            if cancellable:
+                task.cancel()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -284,6 +373,7 @@ class _Connection(asyncio.Protocol):
         buffer = self.buffer
         if not buffer and data.find(b"\n") == len(data) - 1:
             # The common case: exactly one whole line.
+            self.silent_since = None
             if len(data) - 1 > self.limit:
                 self._too_large()
             else:
@@ -306,7 +396,16 @@ class _Connection(asyncio.Protocol):
                 return
             self._handle_line(bytes(buffer[start:end]))
             start = end + 1
+        if self.closing:
+            return
+        if start:
+            self.silent_since = None
+        if start == len(buffer):
+            self.buffer = bytearray()  # a fresh one: a large one emptied keeps its memory
+            return
         del buffer[:start]
+        if self.silent_since is None and buffer.find(b"\n") < 0:
+            self.silent_since = asyncio.get_running_loop().time()  # a partial line waits
         if len(buffer) > self.limit and buffer.find(b"\n", 0, self.limit + 1) < 0:
             self._too_large()
 
@@ -329,11 +428,30 @@ class _Connection(asyncio.Protocol):
         if isinstance(prepared, bytes):
             self._write(prepared)
             return
+        if prepared.spec.is_async and self.server.calls >= self.server.config.max_in_flight_total:
+            self._busy(prepared, 1)
+            return
         answer = self._run(prepared)
         if isinstance(answer, Pending):
-            self._track(self._answer_later(answer.task, prepared.is_notification))
+            self._track(
+                self._answer_later(answer.task, prepared.is_notification), 1, prepared.spec.idempotent
+            )
         elif not prepared.is_notification:
             self._write(answer)
+
+    def _busy(self, call: Call | None, calls: int) -> None:
+        """Refuse ``calls`` calls (-32005): the server or this connection has no room for them."""
+        self.server.metrics.incr("rpc.busy")
+        room = min(
+            self.max_in_flight - self.calls, self.server.config.max_in_flight_total - self.server.calls
+        )
+        message = (
+            f"too many calls in flight: {calls} more do not fit in the room for {max(0, room)} "
+            f"(rpc.max_in_flight_per_connection {self.max_in_flight}, "
+            f"rpc.max_in_flight_total {self.server.config.max_in_flight_total})"
+        )
+        if call is None or not call.is_notification:
+            self._write(encode(failure(call.request_id if call else None, ErrorCode.RATE_LIMITED, message)))
 
     def _run(self, call: Call) -> bytes | Pending[bytes]:
         """The encoded answer, or ``Pending`` when an async method suspended."""
@@ -358,10 +476,18 @@ class _Connection(asyncio.Protocol):
                 encode(failure(None, ErrorCode.INVALID_REQUEST, f"batch too large: {len(batch)} > {limit}"))
             )
             return
+        prepared_batch = [self.server.prepare(message) for message in batch]
+        calls = [p for p in prepared_batch if isinstance(p, Call)]
+        asynchronous = sum(1 for call in calls if call.spec.is_async)
+        room = min(
+            self.max_in_flight - self.calls, self.server.config.max_in_flight_total - self.server.calls
+        )
+        if asynchronous > room:
+            self._busy(None, asynchronous)
+            return
         answers: list[bytes] = []
         later: list[tuple[asyncio.Task[bytes], bool]] = []
-        for message in batch:
-            prepared = self.server.prepare(message)
+        for prepared in prepared_batch:
             if prepared is None:
                 continue
             if isinstance(prepared, bytes):
@@ -373,7 +499,8 @@ class _Connection(asyncio.Protocol):
             elif not prepared.is_notification:
                 answers.append(answer)
         if later:
-            self._track(self._finish_batch(answers, later))
+            reads_only = all(call.spec.idempotent for call in calls)
+            self._track(self._finish_batch(answers, later), len(later), reads_only)
         elif answers:
             self._write(_join_batch(answers))
 
@@ -389,14 +516,18 @@ class _Connection(asyncio.Protocol):
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _track(self, coroutine: Any) -> None:
+    def _track(self, coroutine: Any, calls: int, cancellable: bool) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
-        self.in_flight.add(task)
+        self.in_flight[task] = (calls, cancellable)
+        self.calls += calls
+        self.server.calls += calls
         task.add_done_callback(self._call_done)
         self._update_reading()
 
     def _call_done(self, task: asyncio.Task[None]) -> None:
-        self.in_flight.discard(task)
+        calls, _cancellable = self.in_flight.pop(task, (0, False))
+        self.calls -= calls
+        self.server.calls -= calls
         if not task.cancelled() and task.exception() is not None:
             log.error("RPC dispatch failed", exc_info=task.exception())
         if self.eof and not self.in_flight:
@@ -408,7 +539,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return
-        should_pause = self.writing_paused or len(self.in_flight) >= self.max_in_flight
+        should_pause = self.writing_paused or self.calls >= self.max_in_flight
         if should_pause and not self.reading_paused:
             self.reading_paused = True
             transport.pause_reading()
@@ -430,7 +561,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closing = True
-        self.buffer.clear()
+        self.buffer = bytearray()
         if self.transport is not None:
             self.transport.close()
         self.server._connections.discard(self)
