@@ -119,6 +119,11 @@ class RedisConfig:
     # How often a connected service pings Redis, so health notices an outage.
     ping_interval_s: float = 1.0
 
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout_s", "max_backoff_s", "ping_interval_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ValueError(f"{name} must be above 0 and at most 3600")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RpcConfig:
@@ -154,6 +159,10 @@ class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     keep_days: int = 7
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.keep_days <= 3650:
+            raise ValueError("keep_days must be between 1 and 3650")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventsConfig:
@@ -162,6 +171,12 @@ class EventsConfig:
     # with its data lost (the embedded server runs without persistence).
     outbox_retention_days: float = 7.0
     consumer_block_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.stream_max_len < 1000 or not 0 < self.outbox_retention_days <= 365:
+            raise ValueError("stream_max_len must be >= 1000 and outbox_retention_days in (0, 365]")
+        if not 10 <= self.consumer_block_ms <= 60_000:
+            raise ValueError("consumer_block_ms must be between 10 and 60000")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,9 +208,18 @@ BASE_SECTIONS: dict[str, type] = {
 
 # Sections that belong to one process of the stack. Each process validates its own; the others
 # pass them over, so one config.toml (and one environment) serves every process.
-STACK_SECTIONS = frozenset(
-    {"manager", "market_data", "sentiment", "ml_model", "prediction", "scheduler", "paper_trading"}
-)
+# The stack's config sections and the module that declares each: the one list of them, so
+# ``check_whole_config`` can check every section before anything starts (a process checks only
+# the sections it has imported, and skips the others).
+STACK_SECTIONS: dict[str, str] = {
+    "manager": "services.management.catalog",
+    "market_data": "services.market_data.config",
+    "sentiment": "services.sentiment.config",
+    "ml_model": "services.ml_model.config",
+    "prediction": "services.prediction.config",
+    "scheduler": "services.scheduler.config",
+    "paper_trading": "services.paper_trading.config",
+}
 
 
 class SectionRegistry:
@@ -256,6 +280,17 @@ def load_settings(
     for name, cls in registry.items():
         extra.setdefault(name, cls())
     return Settings(home=home, sections=types.MappingProxyType(extra), **values)
+
+
+def check_whole_config(home: TradingHome, env: Mapping[str, str] | None = None) -> Settings:
+    """Every section of the stack checked, the ones this process does not use too: a
+    ``ConfigError`` naming the first bad key. ``tradingctl start`` calls it before starting
+    anything."""
+    import importlib
+
+    for module in STACK_SECTIONS.values():
+        importlib.import_module(module)
+    return load_settings(home, env)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

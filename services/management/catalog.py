@@ -76,6 +76,13 @@ class ManagerConfig:
             raise ValueError("backoff_initial_s must be > 0 and <= backoff_max_s")
         if self.max_failures < 1:
             raise ValueError("max_failures must be at least 1")
+        durations = ("stable_after_s", "failure_window_s", "start_timeout_s", "stop_timeout_s",
+                     "health_timeout_s", "sample_interval_s")  # fmt: skip
+        for name in durations:
+            if not 0 < getattr(self, name) <= 86_400:
+                raise ValueError(f"{name} must be above 0 and at most 86400")
+        if not 1 <= self.backup_keep_days <= 3650:
+            raise ValueError("backup_keep_days must be between 1 and 3650")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ValueError(f"metrics_port {self.metrics_port} is not a TCP port")
 

@@ -27,7 +27,7 @@ import orjson
 import psutil
 
 from services.backtest.commands import add_history_commands
-from services.base.config import Settings, TradingHome, load_settings
+from services.base.config import Settings, TradingHome, check_whole_config, load_settings
 from services.base.errors import ConfigError, TradingError
 from services.base.rpc import RpcClient
 from services.management import logview, systemd
@@ -96,6 +96,9 @@ def manager(home: TradingHome, method: str, params: dict[str, Any] | None = None
 
 def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
     home = settings.home
+    # Every service's section, before anything starts: a mistake in one is found now, not when
+    # that process starts while the rest of the stack runs.
+    check_whole_config(home)
     services = list(args.services) or None
     unknown = unknown_services(settings, services or [])
     if unknown:

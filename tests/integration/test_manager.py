@@ -503,6 +503,27 @@ def test_status_without_a_manager(home: TradingHome) -> None:
     assert "not running" in stopped.stdout
 
 
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ("[paper_trading]\nbogus_key = 1\n", "bogus_key"),
+        ("[rpc]\nmax_message_bytes = 0\n", "max_message_bytes"),
+        ("[prediction]\nbuy_threshold = { bull = 2.0, sideways = 0.15, bear = 0.25 }\n", "thresholds"),
+    ],
+)
+def test_start_checks_every_section_first_and_starts_nothing_on_a_mistake(
+    home: TradingHome, config: str, named: str
+) -> None:
+    stack = Stack(home)
+    home.config_file.write_text(config)
+    started = stack.ctl("start")
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert "configuration error" in started.stderr
+    assert named in started.stderr
+    assert processes_of(home) == []  # no manager, no service
+    assert not (home.run / "manager.sock").exists()
+
+
 def test_usage_errors_and_a_second_manager(shared: Stack) -> None:
     manager_pid = shared.status()["manager"]["pid"]
     second = shared.ctl("start", "--foreground", timeout=30)

@@ -82,7 +82,7 @@ def test_environment_overrides_config_file(home: TradingHome) -> None:
     env = {
         "TRADING__RPC__CALL_TIMEOUT_S": "4.5",
         "TRADING__LOGGING__LEVEL": "WARNING",
-        "TRADING__EVENTS__STREAM_MAX_LEN": "500",
+        "TRADING__EVENTS__STREAM_MAX_LEN": "5000",
         "TRADING__REDIS__URL": "redis://example:1/2",
         "UNRELATED": "ignored",
     }
@@ -90,7 +90,7 @@ def test_environment_overrides_config_file(home: TradingHome) -> None:
     assert settings.rpc.call_timeout_s == 4.5
     assert settings.rpc.max_batch_size == 50  # from the file, not overridden
     assert settings.logging.level == "WARNING"
-    assert settings.events.stream_max_len == 500
+    assert settings.events.stream_max_len == 5000
     assert settings.redis.url == "redis://example:1/2"
 
 
@@ -491,4 +491,21 @@ def test_another_stack_process_section_is_left_to_its_owner(home: TradingHome) -
 def test_a_misspelt_stack_section_is_still_unknown(home: TradingHome) -> None:
     home.config_file.write_text("[managr]\nx = 1\n")
     with pytest.raises(ConfigError, match=r"unknown config section \[managr\]"):
+        load_settings(home, env={}, registry=SectionRegistry())
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ("[rpc]\nmax_message_bytes = 0\n", "max_message_bytes"),
+        ("[rpc]\ncall_timeout_s = -1\n", "call_timeout_s"),
+        ("[rpc]\nmax_connections = 2\n", "max_connections"),
+        ("[redis]\nping_interval_s = 0\n", "ping_interval_s"),
+        ("[logging]\nkeep_days = 0\n", "keep_days"),
+        ("[events]\nconsumer_block_ms = 0\n", "consumer_block_ms"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_key(home: TradingHome, table: str, named: str) -> None:
+    write_config(home, table)
+    with pytest.raises(ConfigError, match=named):
         load_settings(home, env={}, registry=SectionRegistry())
