@@ -65,6 +65,8 @@ class ManagerConfig:
     # Each stop step (shutdown RPC, then SIGTERM) gets this long before the next; then SIGKILL.
     stop_timeout_s: float = 10.0
     health_timeout_s: float = 2.0
+    # A running service whose health answers nothing this long is hung: logged, alerted, restarted.
+    hung_after_s: float = 30.0
     # How often the manager samples every process's memory and CPU.
     sample_interval_s: float = 2.0
     backup_keep_days: int = 14
@@ -77,7 +79,7 @@ class ManagerConfig:
         if self.max_failures < 1:
             raise ValueError("max_failures must be at least 1")
         durations = ("stable_after_s", "failure_window_s", "start_timeout_s", "stop_timeout_s",
-                     "health_timeout_s", "sample_interval_s")  # fmt: skip
+                     "health_timeout_s", "sample_interval_s", "hung_after_s")  # fmt: skip
         for name in durations:
             if not 0 < getattr(self, name) <= 86_400:
                 raise ValueError(f"{name} must be above 0 and at most 86400")

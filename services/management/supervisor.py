@@ -237,15 +237,46 @@ class Supervisor:
             pause = min(pause * 2, 0.25)
 
     async def _watch(self, child: Child) -> str:
-        """Wait for a RUNNING process to end; the reason, for the log and status."""
+        """Wait for a RUNNING process to end, or to hang; the reason, for the log and status."""
         assert child.handle is not None
         assert child.running_since is not None
-        code = await child.handle.wait()
+        ended = asyncio.ensure_future(child.handle.wait())
+        hung = asyncio.ensure_future(self._until_hung(child))
+        try:
+            await asyncio.wait({ended, hung}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hung.cancel()
+        if not ended.done():
+            reason = f"hung: {hung.result()}"
+            log.error("%s (pid %d) %s; restarting it", child.name, child.handle.pid, reason)
+            await self._terminate(child, graceful=False)  # it answers nothing: SIGTERM, then SIGKILL
+            ended.cancel()
+            return reason
+        code = ended.result()
         lived = (self.clock.now() - child.running_since).total_seconds()
         if lived >= self.config.stable_after_s:
             child.backoff_s = self.config.backoff_initial_s
         self._kill_leftovers(child)
         return f"{_exit_text(code)} after {lived:.1f}s{self._output_hint(child)}"
+
+    async def _until_hung(self, child: Child) -> str:
+        """Returns once the process's health has not answered for ``hung_after_s``: a stopped
+        process (SIGSTOP) or a blocked event loop."""
+        limit = self.config.hung_after_s
+        interval = min(5.0, limit / 3)
+        answered = self.clock.now()
+        last = "no answer"
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                await self.prober.health(child.spec)
+            except Exception as exc:
+                last = str(exc) or type(exc).__name__
+                silent = (self.clock.now() - answered).total_seconds()
+                if silent >= limit:
+                    return f"health has not answered for {silent:.0f}s ({last})"
+            else:
+                answered = self.clock.now()
 
     def _record_failure(self, child: Child) -> bool:
         """Count a failure; True when there have been too many within the window."""

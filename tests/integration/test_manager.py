@@ -8,6 +8,7 @@ happens, teardown stops the stack and SIGKILLs anything of the home still alive.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -105,9 +106,10 @@ class Stack:
         self.home = home
         self.control = OsProcessControl(Path(home.root))
 
-    def configure(self, services: dict[str, Svc]) -> None:
+    def configure(self, services: dict[str, Svc], *manager_lines: str) -> None:
         lines = [
             "[manager]",
+            *manager_lines,
             "default_services = false",
             f"backoff_initial_s = {BACKOFF_S}",
             f"max_failures = {MAX_FAILURES}",
@@ -315,6 +317,23 @@ def test_killed_processes_are_restarted_alone(stack: Stack) -> None:
             helpers = [f for f in stack.control.find_managed() if f.name == "alpha" and not f.leader]
             assert [(f.pid, f.session) for f in helpers] == [(new_helper, after["pid"])]
     assert {name: p["restarts"] for name, p in stack.procs().items()} == dict.fromkeys(NAMES, 1)
+
+
+def test_a_hung_service_is_restarted_and_alerted(stack: Stack) -> None:
+    stack.configure(CHAIN, "hung_after_s = 2.0")
+    stack.start()
+    before = stack.procs()["beta"]
+    os.kill(before["pid"], signal.SIGSTOP)  # alive, its socket accepts, nothing answers
+    try:
+        after = stack.wait_restarted("beta", before["pid"], within=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(before["pid"], signal.SIGCONT)
+    assert after["restarts"] == before["restarts"] + 1
+    assert not alive(before["pid"])
+    alerts = call(stack.home, "manager", "alerts", timeout=10.0)
+    assert any("beta backoff: hung: health has not answered" in a["message"] for a in alerts)
+    assert any("hung: health has not answered" in r["msg"] for r in stack.manager_log())
 
 
 def test_a_service_crashing_at_start_up_becomes_fatal(stack: Stack) -> None:

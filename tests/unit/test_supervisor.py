@@ -573,7 +573,7 @@ async def test_repeated_start_up_crashes_make_a_service_fatal_until_a_user_start
     ]
     assert rig.sup.children["d"].pid is None
     # Left stopped: no timer, no further attempt however long we wait.
-    assert rig.clock.pending_timers == 0
+    assert rig.clock.pending_timers == 3  # the health watches of a, b and c alone
     await rig.clock.advance(3600)
     assert rig.control.spawn_attempts["d"] == 5
     others = {name: pid for name, pid in rig.pids().items() if name != "d"}
@@ -607,7 +607,7 @@ async def test_a_start_up_refused_for_a_reason_no_restart_fixes_is_fatal_at_once
     assert rig.reasons("d", S.FATAL) == [
         f"exited with code {code} during start-up: {reason}; not restarted: a restart cannot fix this"
     ]
-    assert rig.clock.pending_timers == 0
+    assert rig.clock.pending_timers == 3  # the health watches of a, b and c alone
 
 
 async def test_the_last_error_clears_once_the_service_is_healthy_again(make_rig: MakeRig) -> None:
@@ -991,3 +991,20 @@ def test_last_line_of_a_missing_or_empty_file_is_none(tmp_path: Path) -> None:
     assert last_line(tmp_path / "empty.out") is None
     (tmp_path / "blank.out").write_text("\n \n\t\n")
     assert last_line(tmp_path / "blank.out") is None
+
+
+async def test_a_service_whose_health_stops_answering_is_restarted_as_hung(make_rig: MakeRig) -> None:
+    rig = make_rig()  # hung_after_s 30 by default
+    await rig.drive(rig.sup.start(["d"]))
+    first = rig.process("d")
+    rig.control.behaviour["d"].probes_before_healthy = 10**9  # SIGSTOP: connects, answers nothing
+    first.probes = 0
+    await rig.run_until(lambda: rig.state("d") is S.BACKOFF, within=120)
+    child = rig.sup.children["d"]
+    assert child.last_error is not None
+    assert child.last_error.startswith("hung: health has not answered for 3")
+    assert rig.reasons("d", S.BACKOFF)[-1].startswith("hung: ")
+    assert not first.alive()  # terminated: SIGTERM, then SIGKILL if it ignores that
+    rig.control.behaviour["d"].probes_before_healthy = 0
+    await rig.running("d")
+    assert rig.process("d").pid != first.pid
