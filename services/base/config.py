@@ -84,12 +84,12 @@ class TradingHome:
         return self.data / f"{service}.db"
 
     def create(self) -> None:
-        """Create the tree; ``run/`` is private to the owner (0700)."""
+        """Create the tree, private to its owner: every directory 0700 (made so if it was not)."""
         check_socket_room(self.run)
-        for directory in (self.root, self.logs, self.data, self.models, self.backups):
-            directory.mkdir(parents=True, exist_ok=True)
-        self.run.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.run, 0o700)
+        for directory in (self.root, self.run, self.logs, self.data, self.models, self.backups):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if directory.stat().st_mode & 0o077:
+                os.chmod(directory, 0o700)
 
 
 def check_socket_room(run_dir: Path, name: str = LONGEST_SOCKET_NAME) -> None:

@@ -35,6 +35,7 @@ EXIT_NEEDS_HUMAN = 3
 
 
 def run_service(service_class: type[BaseService], **service_kwargs: Any) -> int:
+    os.umask(0o077)  # what a service writes (logs, databases, models) is its owner's alone
     try:
         settings = load_settings()
         settings.home.create()

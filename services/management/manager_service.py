@@ -27,7 +27,7 @@ from services.base.errors import DependencyUnavailable, NotFound, OperationalErr
 from services.base.events import Event, EventType
 from services.base.logs import configure_logging
 from services.base.redis_server import SOCKET_NAME as REDIS_SOCKET
-from services.base.redis_server import EmbeddedRedis, ping_async
+from services.base.redis_server import EmbeddedRedis, ping_async, read_password
 from services.base.rpc import RpcClient, rpc_method
 from services.base.runner import event_loop_factory, raise_open_file_limit
 from services.base.service import BaseService, Check, Status
@@ -119,7 +119,7 @@ class SocketProber:
 
     async def health(self, spec: ServiceSpec) -> str:
         if spec.kind == "redis":
-            await ping_async(self.home.run / REDIS_SOCKET, self.timeout)
+            await ping_async(self.home.run / REDIS_SOCKET, self.timeout, password=read_password(self.home))
             return "ok"
         report = await self.report(spec.name)
         return str(report.get("status"))
@@ -492,7 +492,11 @@ class ManagerService(BaseService):
             return _down(name, child.last_error or str(child.state))
         try:
             if child.spec.kind == "redis":
-                await ping_async(self.home.run / REDIS_SOCKET, self.config.health_timeout_s)
+                await ping_async(
+                    self.home.run / REDIS_SOCKET,
+                    self.config.health_timeout_s,
+                    password=read_password(self.home),
+                )
                 return {"name": name, "status": "ok", "report": None, "error": None}
             report = await self.prober.report(name)
         except Exception as exc:

@@ -35,6 +35,15 @@ ENV_SUPERVISED = "TRADING_SUPERVISED"
 # threads and gain nothing from that but memory (about 1 MB of PSS each). A user's value wins.
 SMALL_DAEMON_ENV = {"MALLOC_ARENA_MAX": "2"}
 
+# The secrets in the manager's environment, and the one process each is for: every other process
+# (redis-server included) starts without them.
+SECRET_VARIABLES: dict[str, str] = {
+    "IG_USERNAME": "paper_trading",
+    "IG_PASSWORD": "paper_trading",
+    "IG_API_KEY": "paper_trading",
+    "MARKETAUX_API_TOKEN": "sentiment",
+}
+
 # The directory holding the ``services`` package, so ``python -m services.x`` works in children
 # even when the manager itself was started as a script from a checkout.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +166,11 @@ class OsProcessControl:
         self._sample_lock = threading.Lock()
 
     def environment(self, name: str) -> dict[str, str]:
-        env = SMALL_DAEMON_ENV | dict(os.environ)
+        """The manager's environment for process ``name``: with the markers, without the secrets
+        meant for other processes."""
+        env = SMALL_DAEMON_ENV | {
+            key: value for key, value in os.environ.items() if SECRET_VARIABLES.get(key, name) == name
+        }
         path = env.get("PYTHONPATH")
         env.update(
             {

@@ -487,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # the manager, its logs and what tradingctl writes are their owner's alone
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

@@ -32,6 +32,7 @@ import redis
 
 from services.backtest.commands import settled_health
 from services.base.config import TradingHome
+from services.base.redis_server import read_password
 from services.management.manager_service import running_manager_pid
 from services.management.processes import ENV_HOME, OsProcessControl
 from services.management.service_manager import call
@@ -473,7 +474,9 @@ def test_state_changes_are_published(stack: Stack) -> None:
     stack.configure(CHAIN)
     stack.start()
     old_pid = stack.procs()["beta"]["pid"]
-    client = redis.Redis(unix_socket_path=str(stack.home.run / "redis.sock"))
+    client = redis.Redis(
+        unix_socket_path=str(stack.home.run / "redis.sock"), password=read_password(stack.home)
+    )
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe("trading.service_state")
