@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from services.base.config import Settings, TradingHome
-from services.base.errors import DependencyUnavailable, NotFound, OperationalError, TradingError
+from services.base.errors import (
+    DependencyUnavailable,
+    InvalidParams,
+    NotFound,
+    OperationalError,
+    TradingError,
+)
 from services.base.events import Event, EventType
 from services.base.logs import configure_logging
 from services.base.redis_server import SOCKET_NAME as REDIS_SOCKET
@@ -135,11 +141,13 @@ class SocketProber:
         return result if isinstance(result, dict) else {}
 
     async def request_shutdown(self, spec: ServiceSpec) -> None:
-        await self._call(spec.name, "shutdown")
+        # A busy service may take a while to answer: as long as a stop step may take.
+        await self._call(spec.name, "shutdown", timeout=spec.stop_timeout_s)
 
-    async def _call(self, name: str, method: str) -> Any:
+    async def _call(self, name: str, method: str, *, timeout: float | None = None) -> Any:
         socket = self.home.socket_path(name)
-        async with RpcClient(socket, timeout=self.timeout, connect_attempts=1) as client:
+        budget = timeout or self.timeout
+        async with RpcClient(socket, timeout=budget, connect_attempts=1) as client:
             return await client.call(method)
 
 
@@ -516,6 +524,11 @@ class ManagerService(BaseService):
         self, service: str | None = None, lines: int = 50, level: str | None = None
     ) -> list[dict[str, Any]]:
         """The last log records of one service, or of all merged by time."""
+        known = {"manager", *self.supervisor.names}
+        if service is not None and service not in known:
+            raise InvalidParams(
+                f"unknown service {service[:100]!r}; known: {', '.join(sorted(known))}", field="service"
+            )
         records = await asyncio.to_thread(logview.tail, self.home, service, lines=lines, level=level)
         return [
             {"ts": r.ts.isoformat(), "level": r.level, "service": r.service, "msg": r.msg, **r.fields}

@@ -181,6 +181,10 @@ def launch_manager(
 
 def cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
     home = settings.home
+    unknown = unknown_services(settings, list(args.services))
+    if unknown:
+        print(unknown, file=sys.stderr)
+        return EXIT_USAGE
     pid = running_manager_pid(home.root)
     if not pid:
         left = stop_leftovers(home)
@@ -228,6 +232,10 @@ def stop_leftovers(home: TradingHome, timeout: float = 10.0) -> int:
 
 
 def cmd_restart(settings: Settings, args: argparse.Namespace) -> int:
+    unknown = unknown_services(settings, [args.service])
+    if unknown:
+        print(unknown, file=sys.stderr)
+        return EXIT_USAGE
     result: StartResult = manager(settings.home, "restart", {"service": args.service}, timeout=LONG_CALL_S)
     for name, state in result["states"].items():
         print(f"{name:<16} {state}")
@@ -247,6 +255,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    unknown = unknown_services(settings, [args.service] if args.service else [])
+    if unknown:
+        print(unknown, file=sys.stderr)
+        return EXIT_USAGE
     entries = manager(settings.home, "stack_health", {"service": args.service})
     if args.json:
         print_json(entries)

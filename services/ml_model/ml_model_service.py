@@ -486,6 +486,12 @@ class MlModelService(BaseService):
         )
 
     def _no_model_reason(self, symbol: str | None) -> str:
+        if not self.loaded and self.load_errors:
+            refused = "; ".join(
+                f"{scope}/{name}: {message}"
+                for (scope, name), (_stamp, message) in sorted(self.load_errors.items())
+            )
+            return f"no model could be loaded: {refused}"[:500]
         if not self.loaded:
             return "no trained models are loaded: run `tradingctl train`"
         return f"no models serve {symbol} and there are no pooled models"

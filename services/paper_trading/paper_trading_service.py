@@ -43,6 +43,9 @@ from services.paper_trading.ledger import Fill, dollars, to_price
 from services.paper_trading.rules import Costs, Portfolio
 from services.paper_trading.schema import MIGRATIONS
 
+# The most shares one manual order may name (SQLite's integers end at 2^63).
+MAX_QUANTITY = 1_000_000_000
+
 log = logging.getLogger("services.paper_trading")
 
 T = TypeVar("T")
@@ -446,8 +449,10 @@ class PaperTradingService(BaseService):
         A rule that refuses it is -32002 with ``data.reason``. The same ``idempotency_key`` twice
         gives the first order's state, not a second order."""
         symbol = self._symbol(symbol)
-        if quantity < 1:
-            raise InvalidParams("quantity must be a whole number of shares, at least 1", field="quantity")
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise InvalidParams(
+                f"quantity must be a whole number of shares from 1 to {MAX_QUANTITY:,}", field="quantity"
+            )
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
             raise InvalidParams("idempotency_key must be 1 to 200 characters", field="idempotency_key")
         now = self.clock.now()
@@ -457,9 +462,17 @@ class PaperTradingService(BaseService):
             with transaction(conn):
                 if idempotency_key is not None:
                     row = conn.execute(
-                        "SELECT id FROM orders WHERE idempotency_key = ?", (idempotency_key,)
+                        "SELECT id, symbol, side, quantity FROM orders WHERE idempotency_key = ?",
+                        (idempotency_key,),
                     ).fetchone()
                     if row is not None:
+                        if (row[1], row[2], row[3]) != (symbol, action, quantity):
+                            raise Rejected(
+                                f"idempotency_key was used for order {row[0]} ({row[2]} {row[3]} {row[1]}), "
+                                f"not for {action} {quantity} {symbol}",
+                                reason="idempotency_key_reused",
+                                order_id=int(row[0]),
+                            )
                         return int(row[0]), False
                 held = ledger.positions(conn).get(symbol)
                 short = action == "SELL" and (held is None or held.quantity < quantity)

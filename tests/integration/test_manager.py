@@ -32,6 +32,7 @@ import redis
 
 from services.backtest.commands import settled_health
 from services.base.config import TradingHome
+from services.base.errors import InvalidParams
 from services.base.redis_server import read_password
 from services.management.manager_service import running_manager_pid
 from services.management.processes import ENV_HOME, OsProcessControl
@@ -565,6 +566,13 @@ def test_usage_errors_and_a_second_manager(shared: Stack) -> None:
     nosuch = shared.ctl("call", "nosuch", "health")
     assert nosuch.returncode == 3
     assert "nosuch is not running" in nosuch.stderr
+    for command in (("stop", "nosuch"), ("restart", "nosuch"), ("health", "nosuch")):
+        named = shared.ctl(*command)
+        assert named.returncode == 2, command  # a usage error, like start's
+        assert "nosuch" in named.stderr
+    for name in ("nosuch", "x\x00", "../../etc/passwd"):
+        with pytest.raises(InvalidParams, match="unknown service"):
+            call(shared.home, "manager", "logs", {"service": name}, timeout=10.0)
 
 
 def test_backup_copies_the_databases(shared: Stack) -> None:

@@ -448,3 +448,20 @@ async def test_predictions_survive_kill_9(
             assert performance["live"]["ensemble"]["last_as_of"] == month_ago
     finally:
         restarted.stop()
+
+
+async def test_models_that_all_fail_their_checks_are_named_not_sent_to_training(
+    home: TradingHome, redis: EmbeddedRedis, trained: Path
+) -> None:
+    shutil.copytree(trained, home.models, dirs_exist_ok=True)
+    for model_file in home.models.rglob("model.skops"):
+        model_file.write_bytes(model_file.read_bytes() + b"tampered")
+    service = start_ml(home, redis)
+    try:
+        async with RpcClient(service.socket, timeout=30) as rpc:
+            detail = (await rpc.call("health"))["checks"]["models"]["detail"]
+    finally:
+        service.stop()
+    assert detail.startswith("no model could be loaded: ")
+    assert "does not match its card" in detail
+    assert "tradingctl train" not in detail

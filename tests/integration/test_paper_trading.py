@@ -384,3 +384,26 @@ async def test_an_unwritable_database_fails_trades_naming_the_file_alerts_once_a
     held = {p["symbol"]: p["quantity"] for p in await client.call("get_positions")}
     assert held == {"CBA.AX": 10, "WBC.AX": 10}
     assert (await client.call("get_portfolio_status"))["reconciled"]
+
+
+async def test_an_absurd_quantity_is_invalid_and_a_reused_idempotency_key_is_refused(
+    client: RpcClient,
+) -> None:
+    with pytest.raises(InvalidParams) as caught:
+        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 2**63})
+    assert caught.value.data["field"] == "quantity"
+    first = await client.call(
+        "execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 10, "idempotency_key": "k1"}
+    )
+    again = await client.call(
+        "execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 10, "idempotency_key": "k1"}
+    )
+    assert again["id"] == first["id"]  # the same order, not a second one
+    with pytest.raises(Rejected) as refused:
+        await client.call(
+            "execute_trade", {"symbol": "WBC.AX", "action": "BUY", "quantity": 20, "idempotency_key": "k1"}
+        )
+    assert refused.value.reason == "idempotency_key_reused"
+    assert f"order {first['id']}" in refused.value.message
+    held = {p["symbol"]: p["quantity"] for p in await client.call("get_positions")}
+    assert held == {"CBA.AX": 10}

@@ -847,3 +847,15 @@ async def test_a_client_that_goes_away_has_its_reads_cancelled_and_its_changes_f
     target.gate.set()
     await eventually(lambda: server.in_flight == 0)
     assert ("changed", "c") in target.calls  # the change ran to the end
+
+
+async def test_a_long_trace_is_refused_and_an_error_never_echoes_more_than_500_characters(
+    peer: Peer,
+) -> None:
+    await peer.send_json(request("add", {"a": 1, "b": 1}, request_id=1, trace="t" * 129))
+    refused = await peer.recv()
+    assert refused["error"]["code"] == -32600
+    assert "at most 128 characters" in refused["error"]["message"]
+    echoed = await peer.call("refuse", {"reason": "x" * 10_000}, request_id=2)
+    assert echoed["error"]["code"] == -32002
+    assert len(echoed["error"]["message"]) <= 500

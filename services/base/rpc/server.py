@@ -66,6 +66,8 @@ _TOO_MANY_CONNECTIONS = encode(
 )
 
 PeerUid = Callable[[Any], "int | None"]
+MAX_TRACE = 128
+MAX_ERROR_MESSAGE = 500
 
 
 class Call(NamedTuple):
@@ -202,8 +204,8 @@ class RpcServer:
             problem = 'invalid request: "method" must be a string'
         elif not valid_id(request_id):
             problem = 'invalid request: "id" must be a string, an integer or null'
-        elif trace is not None and type(trace) is not str:
-            problem = 'invalid request: "trace" must be a string'
+        elif trace is not None and (type(trace) is not str or len(trace) > MAX_TRACE):
+            problem = f'invalid request: "trace" must be a string of at most {MAX_TRACE} characters'
         elif not _REQUEST_KEYS.issuperset(message):
             extra = sorted(str(key) for key in message if key not in _REQUEST_KEYS)
             problem = f"invalid request: unknown member(s) {', '.join(extra)}"
@@ -276,7 +278,10 @@ class RpcServer:
         self, spec: MethodSpec, request_id: RequestId, trace: str | None, exc: Exception
     ) -> bytes:
         if isinstance(exc, TradingError) and code_for(exc) != ErrorCode.INTERNAL_ERROR:
-            return encode(failure(request_id, code_for(exc), exc.message, exc.data or None))
+            # A message may quote the input: never more than MAX_ERROR_MESSAGE of it back.
+            return encode(
+                failure(request_id, code_for(exc), exc.message[:MAX_ERROR_MESSAGE], exc.data or None)
+            )
         trace = trace or os.urandom(8).hex()
         if isinstance(exc, orjson.JSONEncodeError):
             log.error("%s returned a value that is not JSON", spec.name, exc_info=exc, extra={"trace": trace})
