@@ -210,6 +210,7 @@ class ManagerService(BaseService):
             clock=self.clock,
             output_dir=self.home.logs,
             on_change=self._on_change,
+            restarts_file=self.home.run / "restarts.json",
         )
         self.notify = notify
         self.adoptions: list[Adoption] = []

@@ -24,6 +24,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+import orjson
+
 from services.base.clock import Clock
 from services.management.catalog import Catalog, ManagerConfig, ServiceSpec
 from services.management.processes import FoundProcess, ProcessControl, ProcessHandle
@@ -105,7 +107,11 @@ class Supervisor:
         clock: Clock,
         output_dir: Path,
         on_change: Callable[[StateChange], None] | None = None,
+        restarts_file: Path | None = None,
     ) -> None:
+        """``restarts_file``: where each service's restart count is kept, so a manager that
+        adopts a running service carries on counting from where the previous one stopped."""
+        self.restarts_file = restarts_file
         self.catalog = catalog
         self.config = config
         self.control = control
@@ -202,6 +208,7 @@ class Supervisor:
             await self.clock.sleep(delay)
             child.retry_at = None
             child.restarts += 1
+            self._save_restarts()
             self._set(child, S.STARTING, "automatic restart")
 
     async def _attempt_start(self, child: Child) -> str | None:
@@ -278,6 +285,26 @@ class Supervisor:
             else:
                 answered = self.clock.now()
 
+    def _save_restarts(self) -> None:
+        if self.restarts_file is None:
+            return
+        counts = {name: child.restarts for name, child in self.children.items()}
+        temporary = self.restarts_file.with_suffix(".tmp")
+        try:
+            temporary.write_bytes(orjson.dumps(counts))
+            temporary.replace(self.restarts_file)
+        except OSError as exc:  # a count is not worth stopping for
+            log.warning("cannot keep the restart counts in %s: %s", self.restarts_file, exc)
+
+    def _saved_restarts(self) -> dict[str, int]:
+        try:
+            counts = orjson.loads(self.restarts_file.read_bytes()) if self.restarts_file else {}
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        if not isinstance(counts, dict):
+            return {}
+        return {str(k): v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)}
+
     def _record_failure(self, child: Child) -> bool:
         """Count a failure; True when there have been too many within the window."""
         now = self.clock.now()
@@ -343,6 +370,7 @@ class Supervisor:
             await self._stop_process(handle, None, timeout=child.spec.stop_timeout_s)
             return "replaced", f"health: {status}"
         child.handle = handle
+        child.restarts = self._saved_restarts().get(child.name, 0)
         child.running_since = self.clock.now() - timedelta(seconds=orphan.age_s)
         self._set(child, S.RUNNING, f"adopted from a previous manager (pid {handle.pid})")
         child.runner = self._run_task(child, adopted=True)

@@ -378,7 +378,9 @@ def manager_config(services: dict[str, ServiceConfig] | None = None, **config: A
 async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
     rigs: list[Rig] = []
 
-    def make(*, services: dict[str, ServiceConfig] | None = None, **config: Any) -> Rig:
+    def make(
+        *, services: dict[str, ServiceConfig] | None = None, restarts_file: Path | None = None, **config: Any
+    ) -> Rig:
         settings = manager_config(services, **config)
         clock = SimulatedClock(START)
         events: list[Event] = []
@@ -391,6 +393,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
             clock=clock,
             output_dir=tmp_path,
             on_change=rig.on_change,
+            restarts_file=restarts_file,
         )
         rigs.append(rig)
         return rig
@@ -1008,3 +1011,21 @@ async def test_a_service_whose_health_stops_answering_is_restarted_as_hung(make_
     rig.control.behaviour["d"].probes_before_healthy = 0
     await rig.running("d")
     assert rig.process("d").pid != first.pid
+
+
+async def test_a_manager_that_adopts_a_service_goes_on_counting_its_restarts(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    counts = tmp_path / "restarts.json"
+    first = make_rig(restarts_file=counts)
+    await first.drive(first.sup.start(["d"]))
+    for _ in range(2):
+        await first.crash("d")
+        await first.running("d")
+    assert first.sup.children["d"].restarts == 2
+    # The manager dies; a new one finds d running and adopts it.
+    second = make_rig(restarts_file=counts)
+    second.control.orphan("d", command_of("d"))
+    await second.drive(second.sup.adopt_orphans())
+    assert second.sup.children["d"].state is S.RUNNING
+    assert second.sup.children["d"].restarts == 2
