@@ -12,6 +12,7 @@ printing one shows ``***``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import stat
 import tomllib
@@ -360,6 +361,19 @@ def build_dataclass(cls: type[T], raw: Mapping[str, Any], *, where: str) -> T:
         raise ConfigError(f"[{where}]: {exc}") from exc
 
 
+# Every number in the config lies in this range; a section narrows its own further.
+SETTING_RANGE = (0, 1_000_000_000)
+
+
+def _in_range(value: T, where: str) -> T:
+    low, high = SETTING_RANGE
+    if not (math.isfinite(value) and low <= value <= high):  # type: ignore[arg-type, operator]
+        raise ConfigError(
+            f"{where}: {value} is out of range: a number in the config is from {low} to {high:,}"
+        )
+    return value
+
+
 def convert(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against ``annotation``, converting where TOML has no exact type."""
     if annotation is Any:
@@ -388,10 +402,10 @@ def convert(value: Any, annotation: Any, where: str) -> Any:
             return value
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _in_range(value, where)
     elif annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return _in_range(float(value), where)
     elif annotation is str:
         if isinstance(value, str):
             return value

@@ -509,3 +509,16 @@ def test_numbers_out_of_range_are_refused_naming_the_key(home: TradingHome, tabl
     write_config(home, table)
     with pytest.raises(ConfigError, match=named):
         load_settings(home, env={}, registry=SectionRegistry())
+
+
+@pytest.mark.parametrize("value", [-1, 10**12, float("nan"), float("inf")])
+def test_every_number_of_every_section_has_a_range(value: float) -> None:
+    from services.base.config import build_dataclass
+    from services.market_data.config import MarketDataConfig
+    from services.paper_trading.config import PaperTradingConfig
+
+    with pytest.raises(ConfigError, match=r"paper_trading\.price_timeout_s: .* out of range"):
+        build_dataclass(PaperTradingConfig, {"price_timeout_s": value}, where="paper_trading")
+    whole = int(value) if value == value and abs(value) < 1e13 else -1  # an int setting: no NaN
+    with pytest.raises(ConfigError, match=r"market_data\.history_days"):
+        build_dataclass(MarketDataConfig, {"history_days": whole}, where="market_data")
