@@ -97,6 +97,7 @@ class EmbeddedRedis:
 
     def command(self) -> list[str]:
         """The server's command line; writes the 0600 config file holding the password."""
+        self.home.create()
         config = self.home.run / CONFIG_FILE
         descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:

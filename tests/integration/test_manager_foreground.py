@@ -106,3 +106,33 @@ def test_a_second_foreground_manager_is_refused(home: TradingHome, notify_socket
         first.send_signal(signal.SIGTERM)
         assert first.wait(30) == 0
     assert OsProcessControl(Path(home.root)).find_managed() == []
+
+
+def test_foreground_start_makes_what_it_needs_on_a_fresh_home(tmp_path: Path) -> None:
+    home = TradingHome(tmp_path / "fresh")
+    home.root.mkdir()
+    write_config(home)  # a config.toml and nothing else: no run/, logs/ or data/ yet
+    output = tmp_path / "manager.err"
+    with output.open("wb") as err:
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "services.management", "start", "--foreground"],
+            env=service_env(home),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=ROOT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (home.run / "beta.sock").exists() and time.monotonic() < deadline:
+            if manager.poll() is not None:
+                pytest.fail(
+                    f"the manager exited: {manager.stderr.read().decode()[-2000:] if manager.stderr else ''}"
+                )
+            time.sleep(0.1)
+        assert (home.run / "beta.sock").exists()
+        manager.send_signal(signal.SIGTERM)
+        assert manager.wait(30) == 0
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait()
