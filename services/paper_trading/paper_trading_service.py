@@ -174,6 +174,7 @@ class PaperTradingService(BaseService):
         self.stats.incr("signals.received")
         for reason in counted:
             self.stats.incr(f"signals.ignored.{reason}")
+        _log_signal(event, order_id, counted)
         if order_id is not None:
             await self._execute(order_id)
 
@@ -255,6 +256,19 @@ class PaperTradingService(BaseService):
         order, fill, day_loss = await self._db(apply)
         if order is None:
             return {"id": order_id, "status": "gone", "reason": "the account was reset"}
+        if fill is not None:
+            log.info(
+                "FILL order %d: %s %d %s at $%s (market $%s of %s), commission %s, realised %s%s",
+                order_id, fill.side, fill.quantity, fill.symbol, fill.price, quote.price, quote.price_time,
+                _money(fill.commission_cents), _money(fill.realised_cents),
+                f" ({fill.reason})" if fill.reason not in ("manual", "signal") else "",
+                extra={"order_id": order_id, "fill": fill.to_wire()},
+            )  # fmt: skip
+        elif order["status"] == "rejected":
+            log.warning(
+                "REJECTED order %d: %s %s %s: %s", order_id, order["side"], order["quantity"] or "",
+                order["symbol"], order["reason"], extra={"order_id": order_id, "reason": order["reason"]},
+            )  # fmt: skip
         if day_loss is not None:
             await self._risk_alert(day_loss)
         if fill is not None:
@@ -303,17 +317,24 @@ class PaperTradingService(BaseService):
     async def _finish(self, order_id: int, status: str, reason: str) -> dict[str, Any]:
         now = self.clock.now()
 
-        def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        def write(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
             with transaction(conn):
                 order = _order(conn, order_id)
                 if order is None:
-                    return {"id": order_id, "status": "gone", "reason": "the account was reset"}
+                    return {"id": order_id, "status": "gone", "reason": "the account was reset"}, False
+                changed = order["status"] == "pending" and (status, reason) != ("pending", order["reason"])
                 if order["status"] == "pending":
                     ledger.set_order(conn, order_id, status, reason, now)
-                return _order(conn, order_id) or order
+                return _order(conn, order_id) or order, changed
 
         async with self._book:
-            return await self._db(write)
+            order, changed = await self._db(write)
+        if changed:  # once per state, not on every check of a waiting order
+            word = "WAITS" if status == "pending" else status.upper()
+            shares = order.get("quantity") or ""
+            log.info("%s order %d: %s %s %s: %s", word, order_id, order.get("side"), shares,
+                     order.get("symbol"), reason, extra={"order_id": order_id})  # fmt: skip
+        return order
 
     async def _work_pending(self) -> None:
         pending = await self._db(
@@ -361,6 +382,12 @@ class PaperTradingService(BaseService):
             async with self._book:
                 order_id = await self._db(place)
                 if order_id is not None:
+                    level = position.stop_price if reason == "stop_loss" else position.take_profit_price
+                    log.info(
+                        "EXIT %s: %s %d at $%s crossed $%s (entry $%s): order %d",
+                        reason.upper().replace("_", "-"), symbol, position.quantity, quote.price, level,
+                        position.entry_price, order_id, extra={"order_id": order_id},
+                    )  # fmt: skip
                     await self._fill(order_id, quote, marks)
         await self._check_daily_loss(marks)
 
@@ -432,6 +459,10 @@ class PaperTradingService(BaseService):
 
         if not await self._db(claim):
             return
+        log.warning(
+            "RISK ALERT: the day's loss $%s reached the limit $%s: no new buys today",
+            f"{-day_loss_cents / 100:,.2f}", f"{self.config.max_daily_loss:,.2f}",
+        )  # fmt: skip
         await self.bus.publish(EventType.RISK_ALERT, {
             "rule": "max_daily_loss", "day": day, "day_pnl": dollars(day_loss_cents),
             "limit": self.config.max_daily_loss,
@@ -488,6 +519,12 @@ class PaperTradingService(BaseService):
             order_id, created = await self._db(place)
         order = await self._db(lambda conn: _order(conn, order_id))
         assert order is not None
+        if created:
+            log.info(
+                "ORDER %d: manual %s %d %s", order_id, action, quantity, symbol, extra={"order_id": order_id}
+            )
+            if order["status"] == "rejected":
+                log.warning("REJECTED order %d: %s", order_id, order["reason"], extra={"order_id": order_id})
         if created and order["status"] == "pending":
             order = await self._execute(order_id)
         if created and order["status"] == "rejected":
@@ -789,6 +826,24 @@ def _day_open(conn: sqlite3.Connection, day: str, equity_cents: int) -> int:
     """Equity at the day's first valuation (recorded by it): the base of the day's P&L."""
     conn.execute("INSERT OR IGNORE INTO day_open (day, equity_cents) VALUES (?, ?)", (day, equity_cents))
     return int(conn.execute("SELECT equity_cents FROM day_open WHERE day = ?", (day,)).fetchone()[0])
+
+
+def _money(cents: int) -> str:
+    return f"{'-' if cents < 0 else ''}${abs(cents) / 100:,.2f}"
+
+
+def _log_signal(event: Event, order_id: int | None, ignored: list[str]) -> None:
+    """One line per signal consumed: what it said and what it made."""
+    data = event.data
+    probability = data.get("probability")
+    said = f"{data.get('signal')} {data.get('symbol')} " + (
+        f"P(right) {probability:.2f} of {data.get('cases')} cases"
+        if isinstance(probability, float)
+        else "uncalibrated"
+    )
+    made = f"order {order_id}" if order_id is not None else f"ignored ({', '.join(ignored) or 'repeat'})"
+    if data.get("signal") != "HOLD" or order_id is not None:
+        log.info("SIGNAL %s: %s", said, made, extra={"signal_id": event.id, "order_id": order_id})
 
 
 @dataclass(frozen=True, slots=True)

@@ -407,3 +407,35 @@ async def test_an_absurd_quantity_is_invalid_and_a_reused_idempotency_key_is_ref
     assert f"order {first['id']}" in refused.value.message
     held = {p["symbol"]: p["quantity"] for p in await client.call("get_positions")}
     assert held == {"CBA.AX": 10}
+
+
+async def test_the_log_reads_as_a_trade_blotter(
+    client: RpcClient, stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="services.paper_trading")
+    connection = aioredis.Redis.from_url(stack.redis.url)
+    try:
+        await send(connection, [signal_event(40, "NAB.AX", "BUY", 0.9, 12)])  # too few cases behind it
+        await eventually(lambda: "SIGNAL BUY NAB.AX" in caplog.text)
+    finally:
+        await connection.aclose()
+    await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 40})
+    with pytest.raises(Rejected):
+        await client.call("execute_trade", {"symbol": "WBC.AX", "action": "SELL", "quantity": 5})
+    PriceBoard.prices["CBA.AX"] = (94.0, SESSION)  # below the stop
+    await stack.clock.advance(61)
+    await eventually(lambda: "EXIT STOP-LOSS" in caplog.text)
+    lines = [r.getMessage() for r in caplog.records if r.name == "services.paper_trading"]
+    blotter = "\n".join(lines)
+    assert "SIGNAL BUY NAB.AX P(right) 0.90 of 12 cases: ignored (few_cases)" in blotter
+    assert "ORDER 1: manual BUY 40 CBA.AX" in blotter
+    assert (
+        "FILL order 1: BUY 40 CBA.AX at $100.0500 (market $100.0000 of 2026-11-20), commission $14.00"
+        in blotter
+    )
+    assert "REJECTED order 2: quantity_above_position: selling 5 WBC.AX but holding 0" in blotter
+    assert "EXIT STOP-LOSS: CBA.AX 40 at $94.0000 crossed $95.0475 (entry $100.0500): order 3" in blotter
+    assert (
+        "FILL order 3: SELL 40 CBA.AX at $93.9530 (market $94.0000 of 2026-11-20), commission $13.76, "
+        "realised -$243.88 (stop_loss)" in blotter
+    )
