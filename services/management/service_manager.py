@@ -444,6 +444,12 @@ def _tail(path: Path, lines: int = 15) -> str:
 # -- argument parsing -----------------------------------------------------------------------------
 
 
+def service_name(text: str) -> str:
+    """A service as the user names it: ``market-data`` (as the design document spells them) is
+    ``market_data``."""
+    return text.replace("-", "_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tradingctl", description="Run and control the ASX trading services."
@@ -457,28 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     start = command("start", cmd_start, "start the manager and services (all by default); wait until healthy")
-    start.add_argument("services", nargs="*", metavar="SERVICE")
+    start.add_argument("services", nargs="*", metavar="SERVICE", type=service_name)
     start.add_argument("--foreground", action="store_true", help="run the manager in this process (systemd)")
     start.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)
     stop = command("stop", cmd_stop, "stop services (all, and the manager, by default)")
-    stop.add_argument("services", nargs="*", metavar="SERVICE")
+    stop.add_argument("services", nargs="*", metavar="SERVICE", type=service_name)
     restart = command("restart", cmd_restart, "restart one service (its dependents keep running)")
-    restart.add_argument("service")
+    restart.add_argument("service", type=service_name)
     status = command("status", cmd_status, "state, pid, uptime, restarts, memory, CPU and last error")
     status.add_argument("--json", action="store_true")
     health = command("health", cmd_health, "ask every service (or one) for its health now")
-    health.add_argument("service", nargs="?")
+    health.add_argument("service", nargs="?", type=service_name)
     health.add_argument("--json", action="store_true")
     dashboard = command("dashboard", cmd_dashboard, "live terminal dashboard")
     dashboard.add_argument("--refresh", type=float, default=1.5, help="seconds between refreshes")
     dashboard.add_argument("--once", action="store_true", help="print one frame and exit")
     logs = command("logs", cmd_logs, "show logs of one service, or all merged by time")
-    logs.add_argument("service", nargs="?")
+    logs.add_argument("service", nargs="?", type=service_name)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("--level", type=str.upper, choices=list(logview.LEVELS))
     call_ = command("call", cmd_call, "call any RPC method of a service; prints the result as JSON")
-    call_.add_argument("service")
+    call_.add_argument("service", type=service_name)
     call_.add_argument("method")
     call_.add_argument("params", nargs="?", help="a JSON object of named parameters")
     call_.add_argument("--timeout", type=float, default=30.0)
