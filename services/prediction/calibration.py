@@ -7,7 +7,9 @@ score, the share of cases whose adjusted close was higher (``up``) or lower (``d
 ``horizon_sessions`` sessions later, before costs. The curves are fitted by isotonic regression
 over equal-count bins of the score (scikit-learn's ``IsotonicRegression``, weighted by the bins'
 counts): a higher score never means a lower chance of a rise, and each step holds at least
-``MIN_BIN_CASES`` cases.
+``MIN_BIN_CASES`` cases. Each step's share is shrunk towards the base rate as if ``PRIOR_CASES``
+cases at the base rate were added: out of sample, unshrunk steps of a few hundred cases promised
+0.72 and were right 43% of the time (2010-2022, the Big 4).
 
 A BUY is right if the price rose, a SELL if it fell, a HOLD if it moved the way its score leans.
 Each estimate says how many past cases stand behind it (its step's count) and gives their 95%
