@@ -306,10 +306,25 @@ class MlModelService(BaseService):
         return {"predictions": await self._ensembles(requests)}
 
     @rpc_method(idempotent=True)
-    def get_feature_importance(self, model_name: str, symbol: str) -> dict[str, Any]:
-        """Permutation importance from the last walk-forward fold, and the model's own where it has one."""
+    def get_feature_importance(self, model_name: str, symbol: str | None = None) -> dict[str, Any]:
+        """Permutation importance from the last walk-forward fold, and the model's own where it has
+        one: of the model serving ``symbol``; without a symbol, of the pooled model, or of every
+        symbol's when there is no pooled one (``scopes``)."""
         name = check_model_name(model_name)
+        if symbol is None:
+            if (POOLED, name) in self.loaded:
+                return self._importance(None, POOLED, name)
+            scopes = sorted(scope for scope, loaded in self.loaded if loaded == name)
+            if not scopes:
+                raise NotFound(f"no {name} model is loaded", model=name)
+            return {
+                "model": name,
+                "scopes": {scope: self._importance(scope, scope, name) for scope in scopes},
+            }
         scope = self._scope_for(self._symbol(symbol), name)
+        return self._importance(symbol, scope, name)
+
+    def _importance(self, symbol: str | None, scope: str, name: str) -> dict[str, Any]:
         model = self.loaded[(scope, name)]
         importance = model.card.get("importance", {})
         permutation = importance.get("permutation") or {}

@@ -180,6 +180,10 @@ async def test_lists_models_and_predicts_from_given_features(
     assert set(importance["permutation"]["mean"]) == set(FEATURE_NAMES)
     assert set(importance["native"]) == set(FEATURE_NAMES)
     assert sorted(importance["ranking"]) == sorted(FEATURE_NAMES)
+    # As the design document calls it, without a symbol: the pooled model's.
+    pooled = await client.call("get_feature_importance", {"model_name": "logistic"})
+    assert (pooled["scope"], pooled["symbol"]) == ("pooled", None)
+    assert sorted(pooled["ranking"]) == sorted(FEATURE_NAMES)
 
 
 async def test_bad_features_and_names_are_named(client: RpcClient, market: dict[str, pd.DataFrame]) -> None:
