@@ -504,3 +504,20 @@ async def test_tradingctl_signals_shows_the_probability_its_cases_and_calibratio
     assert str(made["cases"]) in line
     assert line.split()[1:3] == ["CBA.AX", "BUY"]
     assert line.endswith("calibration shipped")
+
+
+async def test_the_design_documents_python_example_runs_as_written(
+    client: RpcClient, home: TradingHome, redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRADING_HOME", str(home.root))
+    monkeypatch.setenv("REDIS_URL", redis.url)
+    from services.base.base_service import BaseService as DocumentsBaseService
+
+    result = await DocumentsBaseService("test").call_service(
+        "prediction", "generate_predictions", symbols=["CBA.AX"]
+    )
+    assert list(result["predictions"]) == ["CBA.AX"]
+    assert result["predictions"]["CBA.AX"]["signal"] in ("BUY", "HOLD", "SELL")
+    # Hyphenated, as the document spells services, and with no parameters.
+    health = await DocumentsBaseService("test").call_service("market-data", "health")
+    assert health["service"] == "market_data"
