@@ -11,6 +11,10 @@ from pathlib import Path
 
 if __name__ == "__main__" and not __package__:  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from services.management.interpreter import use_project_python
+
+    use_project_python(__file__)
+
 
 import argparse
 import asyncio

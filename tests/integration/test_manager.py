@@ -642,3 +642,14 @@ def test_restart_replaces_only_that_service(shared: Stack) -> None:
     assert {n: p["pid"] for n, p in after.items() if n != "beta"} == {
         n: pid for n, pid in before.items() if n != "beta"
     }
+
+
+def test_the_script_run_by_a_python_without_the_libraries_goes_on_with_the_projects(tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
+    script = ROOT / "services" / "management" / "service_manager.py"
+    ran = subprocess.run(
+        [str(bare / "bin" / "python"), str(script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr  # no ModuleNotFoundError: psutil
+    assert "Run and control the ASX trading services" in ran.stdout
