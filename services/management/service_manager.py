@@ -136,8 +136,21 @@ def cmd_start(settings: Settings, args: argparse.Namespace) -> int:
         for name, why in result["failed"].items():
             print(f"FAILED {name}: {why}", file=sys.stderr)
         return EXIT_FAILED
-    print("all services healthy. Watch them with: tradingctl dashboard")
+    print(start_summary(manager(home, "stack_health", {"service": None})))
     return EXIT_OK
+
+
+def start_summary(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The last words of ``start``: all healthy, or which services run degraded and why."""
+    degraded = [entry for entry in entries if entry["status"] != "ok"]
+    if not degraded:
+        return "all services healthy. Watch them with: tradingctl dashboard"
+    lines = ["all services up, some degraded (tradingctl health says more):"]
+    for entry in degraded:
+        checks = (entry.get("report") or {}).get("checks") or {}
+        why = "; ".join(f"{name}: {c.get('detail')}" for name, c in checks.items() if c.get("status") != "ok")
+        lines.append(f"  {entry['name']} {entry['status']}: {(why or entry.get('error') or '')[:200]}")
+    return "\n".join(lines)
 
 
 def unknown_services(settings: Settings, names: Sequence[str]) -> str | None:
