@@ -216,15 +216,17 @@ class PaperTradingService(BaseService):
         if session is None:
             if self.config.after_hours == "expire":
                 return await self._finish(order_id, "expired", "the market is closed (after_hours = expire)")
-            return await self._wait(
-                order_id, "the market is closed: waits for the next session's first price"
+            return await self._wait_checked(
+                order, "the market is closed: waits for the next session's first price"
             )
         try:
             quote = await self._quote(order["symbol"])
         except TradingError as exc:
             return await self._wait(order_id, f"no price: {exc.message}")
         if quote.price_time != session.date.isoformat():
-            return await self._wait(order_id, f"no price of today's session yet (latest {quote.price_time})")
+            return await self._wait_checked(
+                order, f"no price of today's session yet (latest {quote.price_time})", quote
+            )
         # Prices are fetched before the book is locked: a slow market data must not hold it.
         marks = await self._marks()
         async with self._book:
@@ -310,6 +312,47 @@ class PaperTradingService(BaseService):
         if plan.side == "SELL":
             return ledger.sell(conn, **common)
         return ledger.buy(conn, stop_loss=self.stop_loss, take_profit=self.take_profit, **common)
+
+    async def _wait_checked(
+        self, order: dict[str, Any], reason: str, quote: Quote | None = None
+    ) -> dict[str, Any]:
+        """A manual order that must wait for a price of the session is first checked against every
+        rule at the last price (position limit, exposure, daily loss, cash): one that would be
+        refused is refused now, not at the next open."""
+        if order["origin"] == "manual" and order["quantity"] is not None:
+            try:
+                last = quote or await self._quote(order["symbol"])
+            except TradingError:
+                last = None  # no price at all: nothing to check against yet
+            if last is not None:
+                refusal = await self._refusal_at(order, last)
+                if refusal is not None:
+                    return await self._finish(order["id"], "rejected", refusal)
+        return await self._wait(order["id"], reason)
+
+    async def _refusal_at(self, order: dict[str, Any], quote: Quote) -> str | None:
+        """Why the rules would refuse ``order`` at ``quote``'s price, or None."""
+        marks = await self._marks()
+        day = self._session_day().isoformat()
+
+        def check(conn: sqlite3.Connection) -> str | None:
+            held = ledger.positions(conn).get(order["symbol"])
+            row = conn.execute("SELECT equity_cents FROM day_open WHERE day = ?", (day,)).fetchone()
+            portfolio = self._portfolio(conn, marks, 0)
+            day_start = int(row[0]) if row else portfolio.equity_cents
+            try:
+                engine.plan_fill(
+                    symbol=order["symbol"], side=order["side"], quantity=order["quantity"],
+                    origin=order["origin"], held=held, market_price=quote.price,
+                    portfolio=self._portfolio(conn, marks, day_start),
+                    held_value_cents=_value(held, marks) if held is not None else 0, costs=self.costs,
+                    config=self.config,
+                )  # fmt: skip
+            except Rejected as exc:
+                return f"{exc.reason}: {exc.message} (at the last price ${quote.price} of {quote.price_time})"
+            return None
+
+        return await self._db(check)
 
     async def _wait(self, order_id: int, reason: str) -> dict[str, Any]:
         return await self._finish(order_id, "pending", reason)
@@ -588,7 +631,10 @@ class PaperTradingService(BaseService):
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             where, args = ("WHERE o.symbol = ?", (symbol, limit)) if symbol else ("", (limit,))
             rows = conn.execute(
-                "SELECT o.id, o.symbol, o.side, o.status, o.reason, o.origin, o.updated_at, f.quantity, "
+                # An order not (yet) filled shows the quantity it asks for; a signal's BUY is sized
+                # when it fills, so until then it has none.
+                "SELECT o.id, o.symbol, o.side, o.status, o.reason, o.origin, o.updated_at, "
+                "COALESCE(f.quantity, o.quantity), "
                 "f.price, f.value_cents, f.commission_cents, f.realised_cents, f.filled_at FROM orders o "
                 f"LEFT JOIN fills f ON f.order_id = o.id {where} ORDER BY o.id DESC LIMIT ?",
                 args,

@@ -439,3 +439,18 @@ async def test_the_log_reads_as_a_trade_blotter(
         "FILL order 3: SELL 40 CBA.AX at $93.9530 (market $94.0000 of 2026-11-20), commission $13.76, "
         "realised -$243.88 (stop_loss)" in blotter
     )
+
+
+async def test_a_manual_order_placed_while_closed_is_checked_at_the_last_price(
+    stack: Stack, client: RpcClient
+) -> None:
+    await stack.clock.advance_to(SATURDAY)
+    # 150 shares at the last price of $100 is $15,000: over the $10,000 position limit, refused now.
+    with pytest.raises(Rejected) as caught:
+        await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 150})
+    assert caught.value.reason == "max_position_value"
+    assert "at the last price $100" in caught.value.message
+    waiting = await client.call("execute_trade", {"symbol": "CBA.AX", "action": "BUY", "quantity": 50})
+    assert (waiting["status"], waiting["quantity"]) == ("pending", 50)  # within the rules: it waits
+    history = await client.call("get_trade_history", {"limit": 5})
+    assert [(h["status"], h["quantity"]) for h in history] == [("pending", 50), ("rejected", 150)]
