@@ -396,6 +396,12 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     return train(settings, args)
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    from services.ml_model.train import import_cli
+
+    return import_cli(settings, args)
+
+
 def cmd_install_systemd(settings: Settings, args: argparse.Namespace) -> int:
     tradingctl = shutil.which("tradingctl") or str(Path(sys.executable).with_name("tradingctl"))
     text = systemd.unit_text(
@@ -513,6 +519,20 @@ def build_parser() -> argparse.ArgumentParser:
     signals.add_argument("--json", action="store_true")
     train = command("train", cmd_train, "train, evaluate walk-forward and register the ML models")
     add_training_arguments(train)
+    models = command(
+        "models",
+        cmd_models,
+        "import FILE: a scikit-learn model of your own (a pickle, with --trust-pickle) as a checked version",
+    )
+    models.add_argument("action", choices=["import"])
+    models.add_argument("file", type=Path)
+    models.add_argument("--symbol", required=True, help="the ticker it serves, or 'pooled'")
+    models.add_argument("--name", required=True, help="its model name, e.g. my_forest")
+    models.add_argument("--trust-pickle", action="store_true", help="load the pickle: only a file you trust")
+    models.add_argument(
+        "--prices", type=Path, help="CSV files for the walk-forward figures (default: market data)"
+    )
+    models.add_argument("--no-activate", action="store_true")
     add_history_commands(command)
     command("backup", cmd_backup, "copy every service database into backups/YYYY-MM-DD (14 days kept)")
     install = command("install-systemd", cmd_install_systemd, "write a systemd unit for this machine")

@@ -119,6 +119,40 @@ def train(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def import_cli(settings: Settings, args: argparse.Namespace) -> int:
+    """``tradingctl models import FILE --symbol S --name N --trust-pickle [--prices DIR]``."""
+    from services.ml_model.importing import import_model
+
+    config = settings.section("ml_model", MlModelConfig)
+    symbols = list(config.symbols) if args.symbol == "pooled" else [args.symbol]
+    try:
+        if args.prices is not None:
+            source = f"price files in {args.prices}"
+            bars = _read_directory(args.prices, [*symbols, config.market_symbol])
+        else:
+            source = "the market data service"
+            bars = asyncio.run(_ask_market_data(settings, [*symbols, config.market_symbol]))
+        index_bars = bars.pop(config.market_symbol)
+        stored = import_model(
+            args.file, scope=args.symbol, name=args.name, trusted=args.trust_pickle, bars=bars,
+            index_bars=index_bars, config=config, registry=ModelRegistry(settings.home.models),
+            now=datetime.now(UTC), source=source, activate=not args.no_activate,
+        )  # fmt: skip
+    except (ConfigError, CsvFormatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TradingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    figures = stored["walk_forward"]["model"]
+    print(
+        f"imported {args.file} as {stored['scope']}/{stored['name']} {stored['version']}"
+        f"{'' if args.no_activate else ' (active)'}: walk-forward on {source}: accuracy "
+        f"{figures['accuracy']:.3f}, ROC AUC {figures.get('roc_auc')}"
+    )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.ml_model.train", description=__doc__.split("\n")[0]

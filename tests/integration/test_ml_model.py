@@ -469,3 +469,50 @@ async def test_models_that_all_fail_their_checks_are_named_not_sent_to_training(
     assert detail.startswith("no model could be loaded: ")
     assert "does not match its card" in detail
     assert "tradingctl train" not in detail
+
+
+def test_a_users_own_pickle_is_imported_only_when_trusted_checked_and_stored_as_skops(
+    home: TradingHome, prices: Path, market: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    import pickle
+    import subprocess
+    import sys
+
+    from sklearn.linear_model import LogisticRegression
+
+    from services.ml_model.training import build_dataset
+    from tests.conftest import ROOT, service_env
+
+    data = build_dataset("CBA.AX", market["CBA.AX"], market["^AXJO"], horizon=5, threshold=0.0)
+    mine = tmp_path / "mine.pkl"
+    mine.write_bytes(pickle.dumps(LogisticRegression(max_iter=500).fit(data.X.to_numpy(), data.y)))
+    narrow = tmp_path / "narrow.pkl"
+    narrow.write_bytes(pickle.dumps(LogisticRegression().fit(data.X.to_numpy()[:, :3], data.y)))
+    not_a_model = tmp_path / "dict.pkl"
+    not_a_model.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+
+    def models_import(path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "services.management", "models", "import", str(path),
+                   "--symbol", "CBA.AX", "--name", "my_logit", "--prices", str(prices), *flags]  # fmt: skip
+        return subprocess.run(
+            command, env=service_env(home), capture_output=True, text=True, timeout=300, cwd=ROOT
+        )
+
+    untrusted = models_import(mine)
+    assert untrusted.returncode == 2
+    assert "--trust-pickle" in untrusted.stderr
+    registry = ModelRegistry(home.models)
+    assert registry.versions("CBA.AX", "my_logit") == []  # nothing was unpickled, nothing stored
+    for bad, why in ((not_a_model, "not a scikit-learn estimator"), (narrow, "takes 3 features")):
+        refused = models_import(bad, "--trust-pickle")
+        assert refused.returncode == 2
+        assert why in refused.stderr
+    done = models_import(mine, "--trust-pickle")
+    assert done.returncode == 0, done.stderr
+    assert "imported" in done.stdout
+    loaded = registry.load("CBA.AX", "my_logit")  # skops, checked like every model
+    assert loaded.version == "v1"
+    assert registry.active_version("CBA.AX", "my_logit") == "v1"
+    assert loaded.card["imported"]["file"] == "mine.pkl"
+    assert loaded.card["walk_forward"]["overall"]["model"]["accuracy"] is not None
+    assert not any(path.suffix == ".pkl" for path in home.models.rglob("*"))
