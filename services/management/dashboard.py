@@ -37,8 +37,15 @@ portfolio  paper_trading.get_portfolio_status()  equity, cash, market_value, day
            -> object                             (money); exposure (fraction of equity held in
                                                  positions)
 positions  paper_trading.get_positions()         symbol, quantity, avg_price, market_price,
-           -> list[object]                       market_value, unrealised_pnl (money)
+           -> list[object]                       stop_price, take_profit_price, market_value,
+                                                 unrealised_pnl (money)
+orders     paper_trading.get_trade_history(      time, symbol, side, quantity, status (filled,
+           limit=8) -> list[object]              pending, rejected, ...), price, origin, reason,
+                                                 realised_pnl (money)
 =========  ====================================  ================================================
+
+The header's first line says how the stack is at a glance: green when every process runs
+healthy, yellow naming the degraded ones, red naming those down or failing.
 
 A service that has no such method yet answers -32601 and its panel says "not available".
 """
@@ -69,8 +76,16 @@ from services.management.wire import Alert, StackStatus
 MANAGER_DOWN = "manager is not running; start it with: tradingctl start"
 NOT_AVAILABLE = "not available"
 MAX_ALERTS = 8
+ORDER_STYLES = {
+    "filled": "green",
+    "pending": "yellow",
+    "rejected": "red",
+    "expired": "dim",
+    "cancelled": "dim",
+}
 ALERTS_ASKED = 20
 SIGNALS_ASKED = 8
+ORDERS_ASKED = 8
 LAST_ERROR_WIDTH = 48
 DASH = "—"
 
@@ -92,6 +107,7 @@ SOURCES: tuple[Source, ...] = (
     Source("buy_rate", "prediction", "get_buy_rate", dict),
     Source("portfolio", "paper_trading", "get_portfolio_status", dict),
     Source("positions", "paper_trading", "get_positions", list),
+    Source("orders", "paper_trading", "get_trade_history", list, (("limit", ORDERS_ASKED),)),
 )
 
 
@@ -109,13 +125,14 @@ class DashboardSnapshot:
     buy_rate: dict[str, Any] | None = None
     portfolio: dict[str, Any] | None = None
     positions: list[dict[str, Any]] | None = None
-    # panel name (market, signals, buy_rate, portfolio, positions, alerts) -> why it has no data
+    orders: list[dict[str, Any]] | None = None
+    # panel name (market, signals, buy_rate, portfolio, positions, orders, alerts) -> why it has no data
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def synthetic(self) -> bool:
         """Whether any payload says it comes from a generated (demo) market."""
-        payloads = (self.market, self.signals, self.buy_rate, self.portfolio, self.positions)
+        payloads = (self.market, self.signals, self.buy_rate, self.portfolio, self.positions, self.orders)
         return any(_is_synthetic(payload) for payload in payloads)
 
 
@@ -158,6 +175,7 @@ async def collect_snapshot(
         buy_rate=payloads.get("buy_rate"),
         portfolio=payloads.get("portfolio"),
         positions=payloads.get("positions"),
+        orders=payloads.get("orders"),
         errors=errors,
     )
 
@@ -436,6 +454,7 @@ def render(snapshot: DashboardSnapshot) -> RenderableType:
             _safely(_portfolio_panel, snapshot, "portfolio"),
             _safely(_positions_panel, snapshot, "positions"),
         ),
+        _safely(_orders_panel, snapshot, "orders"),
         _safely(_alerts_panel, snapshot, "alerts"),
     )
 
@@ -466,26 +485,58 @@ def _header(snapshot: DashboardSnapshot) -> RenderableType:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     line = Text.assemble(
+        overall(snapshot),
+        "   ",
         ("ASX trading", "bold"),
         "  ",
         (moment.astimezone(_sydney()).strftime("%a %d %b %Y %H:%M:%S %Z"), "bold"),
         f" ({moment.astimezone(UTC):%H:%M:%S} UTC)",
-        "  home ",
-        (str(home), "cyan"),
     )
     if snapshot.synthetic:
         line.append("  ")
         line.append(" SYNTHETIC DATA ", style="bold black on yellow")
     if snapshot.status_error is not None:
-        second = _error(snapshot.status_error)
+        second = Text.assemble(_error(snapshot.status_error), "  home ", (str(home), "cyan"))
     else:
         second = Text.assemble(
-            "manager pid ",
+            "home ",
+            (str(home), "cyan"),
+            "  manager pid ",
             (_plain(manager.get("pid"), 10), "bold"),
             "  up ",
             (human_duration(manager.get("uptime_s")), "bold"),
         )
     return Panel(Group(line, second), border_style="yellow" if snapshot.synthetic else "blue")
+
+
+def overall(snapshot: DashboardSnapshot) -> Text:
+    """The stack at a glance: green when every process runs healthy, yellow when some are
+    degraded, red when one is down, failing or the manager does not answer; and why."""
+    if snapshot.status is None:
+        return Text.assemble(
+            ("🔴 ", ""), ("stack unknown: ", "bold red"), snapshot.status_error or "no status"
+        )
+    processes = [_map(p) for p in _seq(_map(snapshot.status).get("processes"))]
+    down = [
+        str(p.get("name"))
+        for p in processes
+        if p.get("state") not in (ProcessState.RUNNING, ProcessState.EXTERNAL)
+    ]
+    failing = [str(p.get("name")) for p in processes if p.get("health") == "failing"]
+    degraded = [str(p.get("name")) for p in processes if p.get("health") == "degraded"]
+    if down or failing:
+        parts = ([f"not running: {', '.join(down)}"] if down else []) + (
+            [f"failing: {', '.join(failing)}"] if failing else []
+        )
+        return Text.assemble(("🔴 ", ""), ("attention: ", "bold red"), "; ".join(parts))
+    if degraded:
+        return Text.assemble(
+            ("🟡 ", ""),
+            ("degraded: ", "bold yellow"),
+            ", ".join(degraded),
+            ("  (tradingctl health says why)", "dim"),
+        )
+    return Text.assemble(("🟢 ", ""), ("all services healthy", "bold green"))
 
 
 def _services_panel(snapshot: DashboardSnapshot) -> RenderableType:
@@ -662,7 +713,7 @@ def _positions_panel(snapshot: DashboardSnapshot) -> RenderableType:
         return Panel(Text("no open positions", style="dim"), title=title)
     table = Table(expand=True, box=None, header_style="bold")
     table.add_column("Symbol")
-    for column in ("Qty", "Avg", "Price", "Value", "Unrealised"):
+    for column in ("Qty", "Avg", "Price", "Stop", "Target", "Value", "Unrealised"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
@@ -670,8 +721,45 @@ def _positions_panel(snapshot: DashboardSnapshot) -> RenderableType:
             Text(_quantity(row.get("quantity"))),
             Text(_price(row.get("avg_price"))),
             Text(_price(row.get("market_price"))),
+            Text(_price(row.get("stop_price")), style="red"),
+            Text(_price(row.get("take_profit_price")), style="green"),
             Text(money(row.get("market_value"))),
             _pnl(row.get("unrealised_pnl")),
+        )
+    return Panel(table, title=title)
+
+
+def _orders_panel(snapshot: DashboardSnapshot) -> RenderableType:
+    """The latest orders: fills with their price and P&L, waiting ones with why they wait,
+    refused ones with the rule."""
+    title = "Orders and fills"
+    if "orders" in snapshot.errors or snapshot.orders is None:
+        return Panel(_error(snapshot.errors.get("orders", "no data")), title=title)
+    rows = [_map(item) for item in _seq(snapshot.orders) if isinstance(item, Mapping)]
+    if not rows:
+        return Panel(Text("no orders yet", style="dim"), title=title)
+    table = Table(expand=True, box=None, header_style="bold")
+    table.add_column("Time", no_wrap=True)
+    table.add_column("Order")
+    table.add_column("Status")
+    table.add_column("Price / why", ratio=1)
+    for row in rows[:ORDERS_ASKED]:
+        status = _plain(row.get("status"), 10)
+        what = (
+            f"{_plain(row.get('side'), 4)} {_quantity(row.get('quantity'))} {_plain(row.get('symbol'), 10)}"
+        )
+        if status == "filled":
+            detail = Text(f"{_price(row.get('price'))} ({_plain(row.get('origin'), 12)})")
+            if row.get("realised_pnl") not in (None, 0, "0", "0.00"):
+                detail.append("  ")
+                detail.append_text(_pnl(row.get("realised_pnl")))
+        else:
+            detail = Text(_plain(row.get("reason"), 120), style="dim" if status == "pending" else "red")
+        table.add_row(
+            Text(_local_time(row.get("time"), "%d %b %H:%M")),
+            Text(what),
+            _styled(status, ORDER_STYLES, 10),
+            detail,
         )
     return Panel(table, title=title)
 

@@ -171,8 +171,7 @@ def test_render_shows_every_panel() -> None:
         assert cell in market  # PSS preferred over RSS
     assert "120.0 MB" in line_with(text, "prediction ")
     assert "42s" in line_with(text, "scheduler")
-    paper = line_with(text, "paper_trading ")
-    assert "fatal" in paper
+    paper = next(line for line in text.splitlines() if "paper_trading" in line and "fatal" in line)
     assert "exited with status 1" in paper  # brackets in the error are not taken for markup
     assert "Errno 2" in paper
 
@@ -506,7 +505,7 @@ async def test_collect_snapshot_from_real_sockets(home: TradingHome) -> None:
     assert "paper_trading is not running" in snapshot.errors["portfolio"]
     assert "paper_trading is not running" in snapshot.errors["positions"]
     assert paper.calls == 0
-    assert set(snapshot.errors) == {"buy_rate", "portfolio", "positions"}
+    assert set(snapshot.errors) == {"buy_rate", "portfolio", "positions", "orders"}
 
     text = as_text(snapshot)
     assert "SYNTHETIC DATA" in text
@@ -586,3 +585,47 @@ def test_run_dashboard_live_loop_exits_0_on_ctrl_c(
 
     assert len(frames) == 3
     assert "drawdown 6.2% exceeds limit 5%" in console.export_text()
+
+
+def test_the_header_says_at_a_glance_how_the_stack_is_and_why() -> None:
+    healthy = stack_status(
+        process("market_data", pid=1, health="ok"), process("prediction", pid=2, health="ok")
+    )
+    degraded = stack_status(
+        process("market_data", pid=1, health="ok"), process("prediction", pid=2, health="degraded")
+    )
+    down = stack_status(process("market_data", "fatal"), process("prediction", pid=2, health="failing"))
+    first = {name: as_text(full_snapshot(status=s)).splitlines()[1] for name, s in
+             (("healthy", healthy), ("degraded", degraded), ("down", down))}  # fmt: skip
+    assert "🟢 all services healthy" in first["healthy"]
+    assert "🟡 degraded: prediction" in first["degraded"]
+    assert "🔴 attention: not running: market_data; failing: prediction" in first["down"]
+    assert "🔴 stack unknown" in as_text(full_snapshot(status=None, status_error="manager is not running"))
+
+
+def test_positions_show_their_exits_and_orders_show_fills_waits_and_refusals() -> None:
+    position = {"symbol": "NAB.AX", "quantity": 100, "avg_price": "35.10", "market_price": "36.20",
+                "stop_price": "31.59", "take_profit_price": "42.12", "market_value": "3620.00",
+                "unrealised_pnl": "110.00"}  # fmt: skip
+    orders = [
+        {"order_id": 3, "symbol": "CBA.AX", "side": "SELL", "status": "filled", "quantity": 40,
+         "price": "93.9530", "origin": "stop_loss", "realised_pnl": -243.88, "time": "2024-06-03T00:30:00Z"},
+        {"order_id": 2, "symbol": "WBC.AX", "side": "BUY", "status": "pending", "quantity": 50,
+         "reason": "the market is closed: waits for the next session's first price",
+         "time": "2024-06-02T00:30:00Z"},
+        {"order_id": 1, "symbol": "ANZ.AX", "side": "BUY", "status": "rejected", "quantity": 900,
+         "reason": "max_position_value: $27,000.00 would exceed $10,000.00", "time": "2024-06-01T00:30:00Z"},
+    ]  # fmt: skip
+    text = as_text(full_snapshot(positions=[position], orders=orders))
+    row = line_with(text, "NAB.AX")
+    assert "$31.59" in row
+    assert "$42.12" in row
+    assert "Stop" in text
+    assert "Target" in text
+    filled = line_with(text, "SELL 40 CBA.AX")
+    assert "filled" in filled
+    assert "$93.95" in filled
+    assert "stop_loss" in filled
+    assert "-$243.88" in filled
+    assert "waits for the next session" in line_with(text, "BUY 50 WBC.AX")
+    assert "max_position_value" in line_with(text, "BUY 900 ANZ.AX")
