@@ -648,7 +648,9 @@ def _signals_table(signals: object) -> RenderableType:
     table.add_column("Symbol")
     table.add_column("Signal")
     table.add_column("P(right)", justify="right")
-    table.add_column("Time")
+    table.add_column("Price", justify="right")
+    table.add_column("Data of")  # the bar the decision was made on, not when it was made
+    table.add_column("Made")
     for row in rows[:SIGNALS_ASKED]:
         signal = _styled(row.get("signal"), SIGNAL_STYLES, 8)
         if row.get("degraded") is True:
@@ -657,6 +659,8 @@ def _signals_table(signals: object) -> RenderableType:
             Text(_plain(row.get("symbol"), 12), style="bold"),
             signal,
             _probability(row),
+            Text(_price(row.get("price"))),
+            Text(_plain(str(row.get("price_time") or "")[:10] or None, 10)),
             Text(_local_time(row.get("ts"), "%d %b %H:%M")),
         )
     return table

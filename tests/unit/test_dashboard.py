@@ -629,3 +629,12 @@ def test_positions_show_their_exits_and_orders_show_fills_waits_and_refusals() -
     assert "-$243.88" in filled
     assert "waits for the next session" in line_with(text, "BUY 50 WBC.AX")
     assert "max_position_value" in line_with(text, "BUY 900 ANZ.AX")
+
+
+def test_a_signal_shows_its_price_and_the_day_of_the_data_it_was_made_on() -> None:
+    signal = {"symbol": "ANZ.AX", "signal": "HOLD", "probability": 0.51, "cases": 4000, "price": 27.5,
+              "price_time": "2022-09-20", "ts": "2024-06-03T01:00:00Z"}  # fmt: skip
+    row = line_with(as_text(full_snapshot(signals=[signal])), "ANZ.AX")
+    assert "$27.50" in row
+    assert "2022-09-20" in row  # not only when it was made (03 Jun)
+    assert "03 Jun 11:00" in row
