@@ -636,8 +636,37 @@ def _signals_panel(snapshot: DashboardSnapshot) -> RenderableType:
         body.append(_error(snapshot.errors.get("signals", "no data")))
     else:
         body.append(_signals_table(snapshot.signals))
+        why = why_nothing_trades(snapshot.signals, _map(_map(snapshot.portfolio).get("limits")))
+        if why:
+            body.append(Text(why, style="yellow"))
     body.append(_buy_rate_line(snapshot))
     return Panel(Group(*body), title=title)
+
+
+def why_nothing_trades(signals: object, limits: Mapping[str, Any]) -> str | None:
+    """When none of the latest BUY signals reached paper trading's bar, say so and how near the
+    best came; None when one did, or nothing is known of the bar."""
+    bar, needed = _number(limits.get("buy_confidence")), limits.get("min_cases")
+    if bar is None:
+        return None
+    rows = [_map(item) for item in _seq(signals) if isinstance(item, Mapping)]
+    buys = [row for row in rows if row.get("signal") == "BUY"]
+    if not buys:
+        return f"no BUY among the last {len(rows)} signals: nothing to trade" if rows else None
+    usable = [
+        row for row in buys
+        if isinstance(row.get("probability"), int | float) and not isinstance(row.get("probability"), bool)
+    ]  # fmt: skip
+    if not usable:
+        return f"{len(buys)} BUY signals, none calibrated: paper trading opens nothing on them"
+    best = max(usable, key=lambda row: float(row["probability"]))
+    cases: int = best["cases"] if isinstance(best.get("cases"), int) else 0
+    if Decimal(str(best["probability"])) >= bar and (not isinstance(needed, int) or cases >= needed):
+        return None
+    return (
+        f"no BUY at the bar: best P(right) {float(best['probability']):.2f} ({best.get('symbol')}, "
+        f"{cases} cases) < {float(bar):.2f}" + (f" with {needed} cases" if isinstance(needed, int) else "")
+    )
 
 
 def _signals_table(signals: object) -> RenderableType:

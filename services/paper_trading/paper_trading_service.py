@@ -613,6 +613,9 @@ class PaperTradingService(BaseService):
                     "max_daily_loss": self.config.max_daily_loss,
                     "daily_loss_used": round(max(0, -portfolio.day_pnl_cents) / daily_limit, 4),
                     "max_position_value": self.config.max_position_value,
+                    # A BUY signal opens a position at this calibrated probability, with these cases.
+                    "buy_confidence": self.config.buy_confidence,
+                    "min_cases": self.config.min_cases,
                 },
                 "reconciled": ledger.reconcile(conn),
             }  # fmt: skip

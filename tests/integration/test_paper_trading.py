@@ -454,3 +454,8 @@ async def test_a_manual_order_placed_while_closed_is_checked_at_the_last_price(
     assert (waiting["status"], waiting["quantity"]) == ("pending", 50)  # within the rules: it waits
     history = await client.call("get_trade_history", {"limit": 5})
     assert [(h["status"], h["quantity"]) for h in history] == [("pending", 50), ("rejected", 150)]
+
+
+async def test_the_portfolio_says_the_bar_a_buy_signal_must_reach(client: RpcClient) -> None:
+    limits = (await client.call("get_portfolio_status"))["limits"]
+    assert (limits["buy_confidence"], limits["min_cases"]) == (0.61, 200)

@@ -638,3 +638,26 @@ def test_a_signal_shows_its_price_and_the_day_of_the_data_it_was_made_on() -> No
     assert "$27.50" in row
     assert "2022-09-20" in row  # not only when it was made (03 Jun)
     assert "03 Jun 11:00" in row
+
+
+def test_the_signals_panel_says_why_nothing_trades() -> None:
+    from services.management.dashboard import why_nothing_trades
+
+    limits = {"buy_confidence": 0.61, "min_cases": 200}
+
+    def buy(symbol: str, probability: float | None, cases: int = 3000) -> dict[str, Any]:
+        return {"symbol": symbol, "signal": "BUY", "probability": probability, "cases": cases}
+
+    said = why_nothing_trades([buy("CBA.AX", 0.55), buy("WBC.AX", 0.57)], limits)
+    assert said == "no BUY at the bar: best P(right) 0.57 (WBC.AX, 3000 cases) < 0.61 with 200 cases"
+    assert why_nothing_trades([buy("CBA.AX", 0.62)], limits) is None  # one reached it
+    assert "0.62 (CBA.AX, 12 cases)" in str(why_nothing_trades([buy("CBA.AX", 0.62, 12)], limits))
+    assert "none calibrated" in str(why_nothing_trades([buy("CBA.AX", None)], limits))
+    assert (
+        why_nothing_trades([{"signal": "HOLD"}], limits)
+        == "no BUY among the last 1 signals: nothing to trade"
+    )
+    assert why_nothing_trades([buy("CBA.AX", 0.5)], {}) is None  # the bar unknown: nothing said
+    portfolio = {"equity": "1.00", "limits": limits}
+    text = as_text(full_snapshot(signals=[buy("CBA.AX", 0.55)], portfolio=portfolio))
+    assert "no BUY at the bar: best P(right) 0.55" in text
