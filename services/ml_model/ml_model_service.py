@@ -83,6 +83,7 @@ class MlModelService(BaseService):
         self._market_data: RpcClient | None = None
         self._scoring: asyncio.Task[None] | None = None
         self._last_scoring_error: str | None = None
+        self._loading: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -91,13 +92,23 @@ class MlModelService(BaseService):
         await self.db.run(lambda conn: migrate(conn, MIGRATIONS))
         self.tracking = PredictionLog(self.db, horizon=self.config.horizon, threshold=self.config.threshold)
         self._market_data = self.peer("market_data", timeout=self.config.market_data_timeout_s)
+        # Loaded after the socket opens: health answers "loading" at once, so a slow load (a busy
+        # machine, many models) never makes the manager give up on the service.
+        self._loading = self.spawn(self._load_at_start(), name="load", on_clock=True)
+        self.spawn(self._reload_forever(), name="reload", on_clock=True)
+        self.spawn(self._score_forever(), name="score", on_clock=True)
+
+    async def _load_at_start(self) -> None:
         await self._reload(publish=False)
         log.info(
             "models in use: %s",
             ", ".join(f"{s}/{n} {m.version}" for (s, n), m in self.loaded.items()) or "none",
         )
-        self.spawn(self._reload_forever(), name="reload", on_clock=True)
-        self.spawn(self._score_forever(), name="score", on_clock=True)
+
+    @property
+    def loading(self) -> bool:
+        """Whether the models on disk are still being loaded at start."""
+        return self._loading is not None and not self._loading.done()
 
     async def _stop(self) -> None:
         if self._market_data is not None:
@@ -501,6 +512,8 @@ class MlModelService(BaseService):
         )
 
     def _no_model_reason(self, symbol: str | None) -> str:
+        if self.loading:
+            return "the models are still loading: ask again in a moment"
         if not self.loaded and self.load_errors:
             refused = "; ".join(
                 f"{scope}/{name}: {message}"
@@ -517,7 +530,9 @@ class MlModelService(BaseService):
         checks = super().health_checks()
         if self.state is not ServiceState.RUNNING:
             return checks
-        if not self.loaded:
+        if self.loading:
+            checks["models"] = {"status": "degraded", "detail": f"loading ({len(self.loaded)} loaded so far)"}
+        elif not self.loaded:
             checks["models"] = {"status": "degraded", "detail": self._no_model_reason(None)}
         elif self.load_errors:
             failed = ", ".join(f"{s}/{n}: {text}" for (s, n), (_stamp, text) in self.load_errors.items())

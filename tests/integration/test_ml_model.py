@@ -108,7 +108,27 @@ def start_ml(home: TradingHome, redis: EmbeddedRedis) -> ServiceProcess:
         TRADING__ML_MODEL__RELOAD_INTERVAL_S="0.2",
     )
     service.wait_ready(timeout=60)
+    wait_loaded(service)
     return service
+
+
+def wait_loaded(service: ServiceProcess) -> None:
+    """The socket answers at once; the models load after it (health says "loading" meanwhile).
+    Plain blocking calls: callers may be inside an event loop."""
+    import socket
+    import time
+
+    def detail() -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(service.socket))
+            sock.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "health"}\n')
+            answer = sock.makefile("rb").readline()
+        return str(orjson.loads(answer)["result"]["checks"]["models"]["detail"])
+
+    deadline = time.monotonic() + 60
+    while detail().startswith("loading") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -516,3 +536,42 @@ def test_a_users_own_pickle_is_imported_only_when_trusted_checked_and_stored_as_
     assert loaded.card["imported"]["file"] == "mine.pkl"
     assert loaded.card["walk_forward"]["overall"]["model"]["accuracy"] is not None
     assert not any(path.suffix == ".pkl" for path in home.models.rglob("*"))
+
+
+async def test_the_socket_answers_while_the_models_load(
+    home: TradingHome, redis: EmbeddedRedis, trained: Path, market: dict[str, pd.DataFrame],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import threading
+
+    from services.base.config import load_settings
+    from services.ml_model.ml_model_service import MlModelService
+
+    shutil.copytree(trained, home.models, dirs_exist_ok=True)
+    gate = threading.Event()
+    load = ModelRegistry.load
+
+    def slow_load(self: ModelRegistry, *args: Any, **kwargs: Any) -> Any:
+        gate.wait(30)  # a busy machine: loading takes as long as the test says
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelRegistry, "load", slow_load)
+    env = {"REDIS_URL": redis.url, "TRADING__ML_MODEL__SYMBOLS": orjson.dumps(SYMBOLS).decode()}
+    service = MlModelService(load_settings(home, env=env))
+    await service.start()  # returns with the socket open, nothing loaded yet
+    try:
+        features = features_of(market["CBA.AX"], market["^AXJO"])
+        async with RpcClient(home.socket_path("ml_model"), timeout=10) as rpc:
+            health = await rpc.call("health")
+            assert health["status"] == "degraded"
+            assert health["checks"]["models"]["detail"].startswith("loading")
+            with pytest.raises(DependencyUnavailable, match="still loading"):
+                await rpc.call("get_ensemble_prediction", {"features": features, "symbol": "CBA.AX"})
+            gate.set()
+            await eventually(lambda: not service.loading, within=30)
+            assert (await rpc.call("health"))["checks"]["models"]["status"] == "ok"
+            ensemble = await rpc.call("get_ensemble_prediction", {"features": features, "symbol": "CBA.AX"})
+            assert 0 <= ensemble["probability_up"] <= 1
+    finally:
+        gate.set()
+        await service.stop()
