@@ -300,12 +300,7 @@ class PaperTradingService(BaseService):
         now: datetime,
     ) -> Fill:
         symbol = order["symbol"]
-        plan = engine.plan_fill(
-            symbol=symbol, side=order["side"], quantity=order["quantity"], origin=order["origin"],
-            held=held, market_price=quote.price, portfolio=self._portfolio(conn, marks, day_start),
-            held_value_cents=_value(held, marks) if held is not None else 0, costs=self.costs,
-            config=self.config,
-        )  # fmt: skip
+        plan = self._plan(conn, order, held, quote, marks, day_start)
         common = {"order_id": order["id"], "symbol": symbol, "quantity": plan.quantity, "price": plan.price,
                   "market_price": plan.market_price, "price_time": quote.price_time,
                   "commission": plan.commission_cents, "reason": order["origin"], "now": now}  # fmt: skip
@@ -318,8 +313,9 @@ class PaperTradingService(BaseService):
     ) -> dict[str, Any]:
         """A manual order that must wait for a price of the session is first checked against every
         rule at the last price (position limit, exposure, daily loss, cash): one that would be
-        refused is refused now, not at the next open."""
-        if order["origin"] == "manual" and order["quantity"] is not None:
+        refused is refused now, not at the next open. Checked once, as it starts to wait (it has no
+        reason yet), not on every check of a waiting order."""
+        if order["origin"] == "manual" and order["quantity"] is not None and order["reason"] is None:
             try:
                 last = quote or await self._quote(order["symbol"])
             except TradingError:
@@ -338,21 +334,31 @@ class PaperTradingService(BaseService):
         def check(conn: sqlite3.Connection) -> str | None:
             held = ledger.positions(conn).get(order["symbol"])
             row = conn.execute("SELECT equity_cents FROM day_open WHERE day = ?", (day,)).fetchone()
-            portfolio = self._portfolio(conn, marks, 0)
-            day_start = int(row[0]) if row else portfolio.equity_cents
+            day_start = int(row[0]) if row else self._portfolio(conn, marks, 0).equity_cents
             try:
-                engine.plan_fill(
-                    symbol=order["symbol"], side=order["side"], quantity=order["quantity"],
-                    origin=order["origin"], held=held, market_price=quote.price,
-                    portfolio=self._portfolio(conn, marks, day_start),
-                    held_value_cents=_value(held, marks) if held is not None else 0, costs=self.costs,
-                    config=self.config,
-                )  # fmt: skip
+                self._plan(conn, order, held, quote, marks, day_start)
             except Rejected as exc:
                 return f"{exc.reason}: {exc.message} (at the last price ${quote.price} of {quote.price_time})"
             return None
 
         return await self._db(check)
+
+    def _plan(
+        self,
+        conn: sqlite3.Connection,
+        order: dict[str, Any],
+        held: ledger.Position | None,
+        quote: Quote,
+        marks: Marks,
+        day_start: int,
+    ) -> engine.FillPlan:
+        """The engine's fill of ``order`` at ``quote``, or ``Rejected`` naming the rule."""
+        return engine.plan_fill(
+            symbol=order["symbol"], side=order["side"], quantity=order["quantity"], origin=order["origin"],
+            held=held, market_price=quote.price, portfolio=self._portfolio(conn, marks, day_start),
+            held_value_cents=_value(held, marks) if held is not None else 0, costs=self.costs,
+            config=self.config,
+        )  # fmt: skip
 
     async def _wait(self, order_id: int, reason: str) -> dict[str, Any]:
         return await self._finish(order_id, "pending", reason)
